@@ -1,0 +1,2329 @@
+#!/usr/bin/env python3
+"""Pull a container image from a registry into one archive, without a Docker daemon.
+
+The image is fetched over the distribution HTTP API (the OCI distribution spec) and written
+as the archive layout that ``docker save`` of Docker 25 and later writes: an OCI image
+layout (``oci-layout``, ``index.json``, ``blobs/sha256/``) plus the legacy ``manifest.json``
+and ``repositories``. ``docker load``, ``podman load`` and ``ctr images import`` read it.
+
+    python docker_image_puller.py nginx:latest -t 12
+
+Every blob is streamed to a ``.part`` file, hashed with sha256 while it arrives, and moved
+to its final name only after its size and digest match the manifest. Interrupted downloads
+resume from the bytes on disk, in the same run and when the same command is run again.
+
+Deliberately out of scope, each with a clear error instead:
+- Docker schema 1 manifests (deprecated since 2017, removed from Docker Hub).
+- Writing more than one platform into one archive: ``--platform`` picks one.
+- Foreign (non-distributable) layers that the registry does not serve itself.
+
+Sections, in the order a pull flows: constants, messages (English and Simplified
+Chinese), errors, references, platforms, authentication, the registry HTTP client,
+manifests, blobs, the archive writer, progress and logging, the command line.
+"""
+
+import argparse
+import base64
+import concurrent.futures
+import contextlib
+import datetime
+import email.utils
+import hashlib
+import io
+import ipaddress
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import signal
+import sys
+import tarfile
+import threading
+import time
+import traceback
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import requests
+import urllib3
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+__version__ = "1.0.0"
+
+# ---------------------------------------------------------------------------
+# Constants: registries, media types, limits
+# ---------------------------------------------------------------------------
+
+DOCKER_HUB = "docker.io"  # the registry name users see and write in references
+DOCKER_HUB_API_HOST = "registry-1.docker.io"  # the host that serves Docker Hub's API
+DOCKER_HUB_ALIASES = ("docker.io", "index.docker.io", "registry-1.docker.io")
+DOCKER_HUB_OFFICIAL_NAMESPACE = "library"
+DEFAULT_TAG = "latest"
+
+MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MEDIA_DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MEDIA_DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
+MEDIA_DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+MEDIA_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+MEDIA_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+
+IMAGE_MANIFEST_TYPES = (MEDIA_DOCKER_MANIFEST, MEDIA_OCI_MANIFEST)
+INDEX_TYPES = (MEDIA_DOCKER_MANIFEST_LIST, MEDIA_OCI_INDEX)
+SCHEMA1_TYPES = (MEDIA_DOCKER_SCHEMA1, MEDIA_DOCKER_SCHEMA1_SIGNED)
+# Distribution 2.8 answers 404 for OCI content unless the OCI types are accepted, and
+# rewrites Docker manifests to schema 1 unless the Docker types are.
+MANIFEST_ACCEPT = ", ".join(
+    [MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST_LIST, MEDIA_DOCKER_MANIFEST]
+)
+LAYER_MEDIA_TYPES = (
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+)
+
+# Caps on every body read into memory. Distribution rejects manifests over 4 MiB.
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+MAX_TOKEN_BYTES = 1024 * 1024
+MAX_ERROR_BODY_BYTES = 64 * 1024
+MAX_INDEX_ENTRIES = 1024
+MAX_LAYERS = 1024  # the overlay driver of Docker stacks at most 125, containerd at most 128
+MAX_BLOB_SIZE = 1 << 40  # 1 TiB: any larger size in a manifest is treated as hostile
+
+CHUNK_SIZE = 1024 * 1024  # bytes per read from the socket and per write to disk
+ARCHIVE_BUFFER_SIZE = 4 * 1024 * 1024
+
+DEFAULT_THREADS = 5
+MAX_THREADS = 20
+DEFAULT_RETRIES = 5
+DEFAULT_CONNECT_TIMEOUT = 15.0  # seconds
+DEFAULT_READ_TIMEOUT = 60.0  # seconds without a byte before a read is given up
+# Backoff before retry n (1-based) is uniform in [0, min(MAX_BACKOFF, base * 2**(n-1))]
+# ("full jitter"): with the default base of 1 s the caps run 1, 2, 4, 8, 16, 30, 30 s.
+DEFAULT_BACKOFF_BASE = 1.0
+MAX_BACKOFF = 30.0
+MAX_RETRY_AFTER = 60.0  # a registry's Retry-After is honoured up to this many seconds
+MAX_REDIRECTS = 10
+DEFAULT_TOKEN_TTL = 60  # seconds; the token spec's default when expires_in is missing
+# A token is renewed this early before its expiry (a tenth of its lifetime, at most 10 s),
+# so that a request does not leave with a token that expires on the way.
+TOKEN_RENEW_FRACTION = 0.1
+TOKEN_RENEW_MAX_SECONDS = 10.0
+
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+LOG_FILE_NAME = "docker_puller.log"
+LOGGER = logging.getLogger("docker_image_puller")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# ---------------------------------------------------------------------------
+# Messages: every text a user sees, in English and Simplified Chinese
+# ---------------------------------------------------------------------------
+
+LANGUAGES = ("en", "zh")
+_language = "en"
+
+
+def detect_language(environ: Optional[Dict[str, str]] = None) -> str:
+    """Return "zh" when the POSIX locale variables ask for Chinese, else "en".
+
+    LANGUAGE, LC_ALL, LC_MESSAGES and LANG are read in the order gettext reads them;
+    the first one that is set decides.
+    """
+    environ = os.environ if environ is None else environ
+    for variable in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"):
+        value = environ.get(variable, "")
+        if value:
+            return "zh" if value.lower().startswith("zh") else "en"
+    return "en"
+
+
+def set_language(language: str) -> None:
+    global _language
+    _language = language if language in LANGUAGES else "en"
+
+
+def tr(template: str, language: Optional[str] = None) -> str:
+    """Translate an English message template into the current (or given) language."""
+    if (language or _language) == "zh":
+        return ZH_MESSAGES.get(template, template)
+    return template
+
+
+class Text:
+    """A user-facing message: an English template and its parameters.
+
+    It is rendered late, so the log file gets English while the terminal gets the
+    language the user chose. Parameters that are Text themselves are rendered in the
+    same language.
+    """
+
+    def __init__(self, template: str, **params: object) -> None:
+        self.template = template
+        self.params = params
+
+    def render(self, language: Optional[str] = None) -> str:
+        values = {
+            key: value.render(language) if isinstance(value, Text) else value
+            for key, value in self.params.items()
+        }
+        return tr(self.template, language).format(**values)
+
+    def __str__(self) -> str:
+        return self.render()
+
+    def __repr__(self) -> str:
+        return "Text(%r)" % self.render("en")
+
+
+# ---------------------------------------------------------------------------
+# Errors: one root, a subclass per kind of failure, retry decisions from tables
+# ---------------------------------------------------------------------------
+
+
+class PullerError(Exception):
+    """A failure reported to the user as one line, with what to try next."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: Text, hint: Optional[Text] = None) -> None:
+        super().__init__(message.render("en"))
+        self.message = message
+        self.hint = hint
+
+    def render(self, language: Optional[str] = None) -> str:
+        text = self.message.render(language)
+        if self.hint is not None:
+            text += " " + self.hint.render(language)
+        return text
+
+
+class UsageError(PullerError):
+    """Invalid command-line input; exit status 2."""
+
+    exit_code = EXIT_USAGE
+
+
+class InvalidReferenceError(UsageError):
+    """An image reference that does not follow Docker's reference grammar."""
+
+
+class AuthenticationError(PullerError):
+    """The registry or its token service rejected our credentials or token."""
+
+
+class RegistryError(PullerError):
+    """A request failed: an HTTP status, or no response at all (status None)."""
+
+    def __init__(
+        self,
+        message: Text,
+        hint: Optional[Text] = None,
+        status: Optional[int] = None,
+        codes: Sequence[str] = (),
+        url: str = "",
+        retry_after: Optional[float] = None,
+        retryable: Optional[bool] = None,
+    ) -> None:
+        super().__init__(message, hint)
+        self.status = status
+        self.codes = tuple(codes)
+        self.url = url
+        self.retry_after = retry_after
+        if retryable is None:
+            retryable = status is None or status in RETRY_STATUSES
+        self.retryable = retryable
+
+
+class ManifestError(PullerError):
+    """A manifest, index or config that is invalid, hostile or of an unsupported kind."""
+
+
+class DigestMismatchError(PullerError):
+    """Downloaded bytes whose digest or size differ from what the manifest promised."""
+
+    def __init__(self, message: Text, expected: str, actual: str, size: int) -> None:
+        super().__init__(message, Text("The registry or a proxy served corrupted data; run the same command again, or try another mirror."))
+        self.expected = expected
+        self.actual = actual
+        self.size = size
+
+
+class PlatformNotFoundError(PullerError):
+    """The image offers no manifest for the requested platform."""
+
+
+class LocalFileError(PullerError):
+    """The working folder or the archive could not be written."""
+
+
+class Cancelled(Exception):
+    """Raised inside workers once the user interrupted the pull; never shown as an error."""
+
+
+# Distribution error codes (distribution spec, "Error Codes") and what the user can do.
+ERROR_CODE_HINTS = {
+    "UNAUTHORIZED": Text("Log in with -u USER --password-stdin, or check the credentials."),
+    "DENIED": Text("The account has no pull access to this repository; check the name and the credentials."),
+    "NAME_UNKNOWN": Text("Check the repository name; private repositories also need -u USER --password-stdin."),
+    "NAME_INVALID": Text("Check the repository name."),
+    "MANIFEST_UNKNOWN": Text("Check the tag or digest; the image may have been deleted or never pushed."),
+    "MANIFEST_INVALID": Text("The registry rejected the manifest request; check the reference."),
+    "BLOB_UNKNOWN": Text("The registry has lost a blob the manifest names; ask its operator, or try another mirror."),
+    "TOOMANYREQUESTS": Text("The registry limits the pull rate: wait and run the same command again, log in, or use a mirror."),
+    "UNSUPPORTED": Text("The registry does not support this request."),
+}
+STATUS_HINTS = {
+    401: ERROR_CODE_HINTS["UNAUTHORIZED"],
+    403: ERROR_CODE_HINTS["DENIED"],
+    404: Text("Check the image name and tag, and the registry."),
+    429: ERROR_CODE_HINTS["TOOMANYREQUESTS"],
+}
+SERVER_ERROR_HINT = Text("The registry failed; wait and run the same command again, or use a mirror.")
+NETWORK_HINT = Text("Check the network, the proxy settings and the registry address, then run the same command again; finished downloads are kept.")
+
+
+def hint_for(status: Optional[int], codes: Sequence[str]) -> Text:
+    for code in codes:
+        if code in ERROR_CODE_HINTS:
+            return ERROR_CODE_HINTS[code]
+    if status in STATUS_HINTS:
+        return STATUS_HINTS[status]
+    if status is not None and status >= 500:
+        return SERVER_ERROR_HINT
+    return NETWORK_HINT
+
+
+
+# ---------------------------------------------------------------------------
+# References: Docker's grammar, [HOST[:PORT]/]PATH[:TAG][@ALGORITHM:HEX]
+# ---------------------------------------------------------------------------
+
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_PATH_RE = re.compile(r"%s(?:/%s)*" % (_PATH_COMPONENT, _PATH_COMPONENT))
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN_RE = re.compile(
+    r"(?:%s(?:\.%s)*|\[[0-9a-fA-F:.]+\])(?::[0-9]{1,5})?" % (_DOMAIN_COMPONENT, _DOMAIN_COMPONENT)
+)
+_TAG_RE = re.compile(r"[\w][\w.-]{0,127}")
+# The algorithms hashlib computes for us, and the length of their lowercase hex digests.
+DIGEST_HEX_LENGTHS = {"sha256": 64, "sha512": 128}
+_DIGEST_RE = re.compile(r"(sha256|sha512):([0-9a-f]+)")
+MAX_NAME_LENGTH = 255
+
+
+def validate_digest(digest: object, what: str = "digest") -> str:
+    """Return the digest when it is "sha256:" or "sha512:" and lowercase hex of the right length.
+
+    Every digest that later becomes part of a path passes here first, so it can hold
+    nothing but hex digits and cannot name a file outside the working folder.
+    """
+    if not isinstance(digest, str):
+        raise ManifestError(Text("Invalid {what}: expected a string like sha256:<64 hex digits>, got {value}.", what=what, value=repr(digest)[:100]))
+    match = _DIGEST_RE.fullmatch(digest)
+    if match is None or len(match.group(2)) != DIGEST_HEX_LENGTHS[match.group(1)]:
+        raise ManifestError(Text("Invalid {what} {value!r}: expected sha256:<64 hex digits> or sha512:<128 hex digits>.", what=what, value=digest[:200]))
+    return digest
+
+
+def is_docker_hub(registry: str) -> bool:
+    return registry.lower() in DOCKER_HUB_ALIASES
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A parsed image reference; ``registry`` is the name users write, e.g. docker.io."""
+
+    registry: str
+    repository: str
+    tag: Optional[str] = None
+    digest: Optional[str] = None
+
+    @property
+    def api_host(self) -> str:
+        """The host and port that serve the registry API."""
+        return DOCKER_HUB_API_HOST if self.registry == DOCKER_HUB else self.registry
+
+    @property
+    def name(self) -> str:
+        return "%s/%s" % (self.registry, self.repository)
+
+    @property
+    def manifest_reference(self) -> str:
+        """The tag or digest that goes into the manifest URL; the digest wins."""
+        return self.digest or self.tag or DEFAULT_TAG
+
+    @property
+    def familiar_name(self) -> str:
+        """The short name ``docker images`` shows: nginx, user/app, host:5000/team/app."""
+        if self.registry == DOCKER_HUB:
+            prefix = DOCKER_HUB_OFFICIAL_NAMESPACE + "/"
+            if self.repository.startswith(prefix) and "/" not in self.repository[len(prefix):]:
+                return self.repository[len(prefix):]
+            return self.repository
+        return self.name
+
+    @property
+    def repo_tag(self) -> Optional[str]:
+        """The name for manifest.json's RepoTags, or None for a digest-only reference."""
+        return "%s:%s" % (self.familiar_name, self.tag) if self.tag else None
+
+    def __str__(self) -> str:
+        text = self.name
+        if self.tag:
+            text += ":" + self.tag
+        if self.digest:
+            text += "@" + self.digest
+        return text
+
+    def with_digest(self, digest: str) -> "Reference":
+        return Reference(self.registry, self.repository, self.tag, digest)
+
+    def file_stem(self) -> str:
+        """A file name stem with no "/" or ":": library_nginx_latest, team_app_sha256_<hex>."""
+        stem = self.repository.replace("/", "_")
+        if self.tag:
+            return "%s_%s" % (stem, self.tag)
+        return "%s_%s" % (stem, (self.digest or "").replace(":", "_"))
+
+
+def parse_registry(text: str) -> str:
+    """Validate a HOST[:PORT] registry name and normalise Docker Hub's aliases to docker.io."""
+    if not _DOMAIN_RE.fullmatch(text or ""):
+        raise InvalidReferenceError(Text("Invalid registry {value!r}: expected HOST or HOST:PORT, without a scheme or path.", value=text))
+    return DOCKER_HUB if is_docker_hub(text) else text
+
+
+def parse_reference(text: str, default_registry: str = DOCKER_HUB) -> Reference:
+    """Parse an image reference as ``docker pull`` does.
+
+    ``nginx`` means docker.io/library/nginx:latest; a first component that contains "."
+    or ":", has upper case, or is "localhost" names the registry; otherwise the image
+    lives on ``default_registry``. A reference with a tag and a digest pulls the digest
+    and keeps the tag as the name.
+    """
+    original = text
+    if not text or text != text.strip():
+        raise InvalidReferenceError(Text("Invalid image reference {value!r}: it is empty or has surrounding spaces.", value=original))
+
+    digest = None
+    if "@" in text:
+        text, digest = text.split("@", 1)
+        if not _DIGEST_RE.fullmatch(digest) or len(digest.split(":", 1)[1]) != DIGEST_HEX_LENGTHS[digest.split(":", 1)[0]]:
+            raise InvalidReferenceError(Text("Invalid image reference {value!r}: the digest must be sha256:<64 lowercase hex digits> or sha512:<128>.", value=original))
+
+    tag = None
+    colon, slash = text.rfind(":"), text.rfind("/")
+    if colon > slash:
+        text, tag = text[:colon], text[colon + 1:]
+        if not _TAG_RE.fullmatch(tag):
+            raise InvalidReferenceError(Text("Invalid image reference {value!r}: the tag {tag!r} must be 1 to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'.", value=original, tag=tag))
+
+    first, _, rest = text.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost" or first.lower() != first):
+        registry = parse_registry(first)
+        path = rest
+    else:
+        registry = parse_registry(default_registry)
+        path = text
+    if not path:
+        raise InvalidReferenceError(Text("Invalid image reference {value!r}: the repository name is empty.", value=original))
+    if path.lower() != path:
+        raise InvalidReferenceError(Text("Invalid image reference {value!r}: repository names must be lowercase.", value=original))
+    if not _PATH_RE.fullmatch(path):
+        raise InvalidReferenceError(Text("Invalid image reference {value!r}: each part of the repository name must be lowercase letters and digits, separated by '.', '_', '__' or '-', and parts are separated by '/'.", value=original))
+    if registry == DOCKER_HUB and "/" not in path:
+        path = DOCKER_HUB_OFFICIAL_NAMESPACE + "/" + path
+    if len(registry) + 1 + len(path) > MAX_NAME_LENGTH:
+        raise InvalidReferenceError(Text("Invalid image reference {value!r}: the name is longer than {limit} characters.", value=original, limit=MAX_NAME_LENGTH))
+    if tag is None and digest is None:
+        tag = DEFAULT_TAG
+    return Reference(registry, path, tag, digest)
+
+
+# ---------------------------------------------------------------------------
+# Platforms: OS/ARCH[/VARIANT], and choosing one manifest from an index
+# ---------------------------------------------------------------------------
+
+DEFAULT_PLATFORM = "linux/amd64"
+# Names that `uname -m` and distributions use, mapped to the OCI (GOARCH) names.
+ARCH_ALIASES = {
+    "x86_64": ("amd64", None),
+    "x86-64": ("amd64", None),
+    "aarch64": ("arm64", None),
+    "armhf": ("arm", "v7"),
+    "armel": ("arm", "v6"),
+    "i386": ("386", None),
+    "i686": ("386", None),
+}
+# Variants assumed when an index entry or a request gives none (containerd's defaults).
+DEFAULT_VARIANTS = {"arm64": "v8", "arm": "v7"}
+ATTESTATION_REFERENCE_TYPE = "attestation-manifest"
+
+
+@dataclass(frozen=True)
+class Platform:
+    os: str
+    architecture: str
+    variant: Optional[str] = None
+
+    def __str__(self) -> str:
+        text = "%s/%s" % (self.os, self.architecture)
+        return text + "/" + self.variant if self.variant else text
+
+    def normalized_variant(self) -> Optional[str]:
+        return self.variant or DEFAULT_VARIANTS.get(self.architecture)
+
+
+def parse_platform(text: str) -> Platform:
+    """Parse OS/ARCH[/VARIANT] (case-insensitive) and map aliases such as x86_64 to amd64."""
+    parts = (text or "").strip().lower().split("/")
+    if len(parts) not in (2, 3) or not all(re.fullmatch(r"[a-z0-9_.-]+", part) for part in parts):
+        raise UsageError(Text("Invalid platform {value!r}: expected OS/ARCH or OS/ARCH/VARIANT, for example linux/amd64 or linux/arm64/v8.", value=text))
+    os_name, architecture = parts[0], parts[1]
+    variant = parts[2] if len(parts) == 3 else None
+    if architecture in ARCH_ALIASES:
+        architecture, alias_variant = ARCH_ALIASES[architecture]
+        variant = variant or alias_variant
+    return Platform(os_name, architecture, variant)
+
+
+def platform_from_descriptor(descriptor: dict) -> Optional[Platform]:
+    platform = descriptor.get("platform")
+    if not isinstance(platform, dict):
+        return None
+    os_name, architecture = platform.get("os"), platform.get("architecture")
+    if not isinstance(os_name, str) or not isinstance(architecture, str):
+        return None
+    variant = platform.get("variant")
+    return Platform(os_name.lower(), architecture.lower(), variant.lower() if isinstance(variant, str) and variant else None)
+
+
+def is_attestation(descriptor: dict) -> bool:
+    """Tell BuildKit's provenance and SBOM entries (platform unknown/unknown) from images."""
+    annotations = descriptor.get("annotations")
+    if isinstance(annotations, dict) and annotations.get("vnd.docker.reference.type") == ATTESTATION_REFERENCE_TYPE:
+        return True
+    platform = platform_from_descriptor(descriptor)
+    return platform is not None and platform.os == "unknown" and platform.architecture == "unknown"
+
+
+def _variant_number(variant: Optional[str]) -> int:
+    match = re.fullmatch(r"v(\d+)", variant or "")
+    return int(match.group(1)) if match else -1
+
+
+def platform_match_rank(requested: Platform, offered: Platform) -> Optional[int]:
+    """Rank how well an offered platform serves the requested one; None when it cannot.
+
+    0 is an exact match (after default variants: arm64 means arm64/v8). For arm, an older
+    variant also runs (arm/v7 runs v6 and v5 code), ranked by how much older it is.
+    """
+    if requested.os != offered.os or requested.architecture != offered.architecture:
+        return None
+    wanted, offered_variant = requested.normalized_variant(), offered.normalized_variant()
+    if wanted == offered_variant:
+        return 0
+    if wanted is None:
+        return 1  # amd64 asked without a variant also takes amd64/v2, after plain amd64
+    if requested.architecture == "arm":
+        wanted_number, offered_number = _variant_number(wanted), _variant_number(offered_variant)
+        if 0 <= offered_number < wanted_number:
+            return wanted_number - offered_number
+    return None
+
+
+def choose_manifest(descriptors: List[dict], requested: Platform) -> dict:
+    """Pick the index entry for the requested platform, skipping attestations.
+
+    Raises PlatformNotFoundError listing what the index offers.
+    """
+    best: Optional[Tuple[int, int]] = None
+    for position, descriptor in enumerate(descriptors):
+        if is_attestation(descriptor):
+            continue
+        offered = platform_from_descriptor(descriptor)
+        if offered is None:
+            continue
+        rank = platform_match_rank(requested, offered)
+        if rank is not None and (best is None or rank < best[0]):
+            best = (rank, position)
+    if best is None:
+        available = sorted({str(p) for p in map(platform_from_descriptor, descriptors) if p is not None and not (p.os == "unknown" and p.architecture == "unknown")})
+        raise PlatformNotFoundError(
+            Text("No manifest for platform {platform}; the image offers: {available}.", platform=requested, available=", ".join(available) or "-"),
+            Text("Choose one with --platform OS/ARCH[/VARIANT]."),
+        )
+    return descriptors[best[1]]
+
+
+# ---------------------------------------------------------------------------
+# Authentication: WWW-Authenticate challenges (RFC 7235), Basic, bearer tokens
+# ---------------------------------------------------------------------------
+
+_TOKEN_CHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_SCHEME_RE = re.compile(_TOKEN_CHARS)
+# An auth-param: a token, "=", then a quoted string or (leniently, since some registries
+# do not quote URLs) any run of characters up to the next comma or blank.
+_AUTH_PARAM_RE = re.compile(
+    r"(%s)[ \t]*=[ \t]*(?:\"((?:[^\"\\]|\\.)*)\"|([^ \t,\"]+))" % _TOKEN_CHARS
+)
+_TOKEN68_RE = re.compile(r"[A-Za-z0-9._~+/-]+=*(?=[ \t]*(?:,|$))")
+_SEPARATORS_RE = re.compile(r"[ \t,]*")
+_QUOTED_PAIR_RE = re.compile(r"\\(.)")
+
+
+@dataclass
+class Challenge:
+    scheme: str  # lower case: "bearer", "basic"
+    params: Dict[str, str] = field(default_factory=dict)  # names in lower case
+    token68: Optional[str] = None
+
+
+def parse_challenges(header: str) -> List[Challenge]:
+    """Parse a WWW-Authenticate value that may hold several challenges, in any order.
+
+    Scheme and parameter names are case-insensitive; values may be quoted or not. Text
+    that fits no rule is skipped, so a malformed header yields fewer challenges, not an
+    exception.
+    """
+    challenges: List[Challenge] = []
+    current: Optional[Challenge] = None
+    position, length = 0, len(header or "")
+    while position < length:
+        position = _SEPARATORS_RE.match(header, position).end()
+        if position >= length:
+            break
+        if current is not None:
+            param = _AUTH_PARAM_RE.match(header, position)
+            if param:
+                quoted, bare = param.group(2), param.group(3)
+                value = _QUOTED_PAIR_RE.sub(r"\1", quoted) if quoted is not None else bare
+                current.params.setdefault(param.group(1).lower(), value)
+                position = param.end()
+                continue
+        scheme = _SCHEME_RE.match(header, position)
+        if scheme is None:
+            position += 1
+            continue
+        current = Challenge(scheme.group(0).lower())
+        challenges.append(current)
+        position = scheme.end()
+        blank = re.match(r"[ \t]+", header[position:])
+        if blank:
+            after = position + blank.end()
+            token68 = _TOKEN68_RE.match(header, after)
+            if token68 and not _AUTH_PARAM_RE.match(header, after):
+                current.token68 = token68.group(0)
+                position = token68.end()
+    return challenges
+
+
+def select_challenge(challenges: Sequence[Challenge]) -> Optional[Challenge]:
+    """Prefer Bearer over Basic, as Docker does; other schemes are not supported."""
+    for scheme in ("bearer", "basic"):
+        for challenge in challenges:
+            if challenge.scheme == scheme:
+                return challenge
+    return None
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str = field(repr=False)
+
+    def basic_header(self) -> str:
+        raw = ("%s:%s" % (self.username, self.password)).encode("utf-8")
+        return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+@dataclass
+class Token:
+    value: str = field(repr=False)
+    renew_at: float  # time.monotonic() after which a new token is fetched
+
+
+def repository_scope(repository: str) -> str:
+    return "repository:%s:pull" % repository
+
+
+class Authenticator:
+    """Authorization headers for one registry, with bearer tokens cached per scope.
+
+    One lock serialises token fetches: when several threads find a token expired at the
+    same moment, the first fetches a new one and the others use it.
+    """
+
+    def __init__(self, client: "RegistryClient", credentials: Optional[Credentials]) -> None:
+        self.client = client
+        self.credentials = credentials
+        self._lock = threading.Lock()
+        self._challenge: Optional[Challenge] = None
+        self._tokens: Dict[str, Token] = {}
+
+    def use_challenges(self, header: str) -> None:
+        challenge = select_challenge(parse_challenges(header))
+        with self._lock:
+            self._challenge = challenge
+
+    def authorization(self, scope: str) -> Optional[str]:
+        """Return the Authorization value for a request in this scope, fetching a token if needed."""
+        with self._lock:
+            challenge = self._challenge
+            if challenge is None:
+                return None
+            if challenge.scheme == "basic":
+                return self.credentials.basic_header() if self.credentials else None
+            token = self._tokens.get(scope)
+            if token is None or time.monotonic() >= token.renew_at:
+                token = self._fetch_token(challenge, scope)
+                self._tokens[scope] = token
+            return "Bearer " + token.value
+
+    def handle_unauthorized(self, header: str, scope: str, sent: Optional[str]) -> None:
+        """Take a 401's challenge so that the next authorization() authenticates anew.
+
+        ``sent`` is the Authorization value the rejected request carried. When another
+        thread has already replaced that token, its newer token is kept.
+        """
+        challenge = select_challenge(parse_challenges(header))
+        if challenge is None:
+            raise AuthenticationError(
+                Text("The registry {registry} answered 401 with no Bearer or Basic challenge (WWW-Authenticate: {header!r}).", registry=self.client.host, header=(header or "")[:200]),
+                ERROR_CODE_HINTS["UNAUTHORIZED"],
+            )
+        with self._lock:
+            self._challenge = challenge
+            token = self._tokens.get(scope)
+            if token is not None and sent is not None and sent != "Bearer " + token.value:
+                return
+            self._tokens.pop(scope, None)
+            if challenge.scheme == "bearer":
+                LOGGER.info(Text("Token for {scope} rejected or expired; authenticating again.", scope=scope))
+
+    def _fetch_token(self, challenge: Challenge, scope: str) -> Token:
+        realm = challenge.params.get("realm", "")
+        parsed = urllib.parse.urlsplit(realm)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise AuthenticationError(Text("The registry {registry} named an invalid token realm {realm!r}.", registry=self.client.host, realm=realm[:200]), ERROR_CODE_HINTS["UNAUTHORIZED"])
+        if parsed.scheme == "http" and self.credentials and not self.client.options.allows_plain_http(parsed.netloc):
+            raise AuthenticationError(
+                Text("Refusing to send credentials to the token service {realm} over plain HTTP.", realm=realm),
+                Text("Use an HTTPS registry, or name the registry with --insecure if you trust the network."),
+            )
+        scopes = [scope]
+        if challenge.params.get("scope") and challenge.params["scope"] != scope:
+            scopes.append(challenge.params["scope"])
+        query: List[Tuple[str, str]] = [("scope", s) for s in scopes]
+        if challenge.params.get("service"):
+            query.insert(0, ("service", challenge.params["service"]))
+        headers = {"Accept": "application/json"}
+        if self.credentials:
+            query.append(("account", self.credentials.username))
+            headers["Authorization"] = self.credentials.basic_header()
+        separator = "&" if parsed.query else "?"
+        url = realm + separator + urllib.parse.urlencode(query)
+
+        what = Text("token response from {realm}", realm=redact_url(realm))
+        try:
+            response, raw = self.client.fetch_small(
+                url, headers=headers, limit=MAX_TOKEN_BYTES, what=what,
+                phase=Text("Token request to {realm}", realm=redact_url(realm)), registry_auth=False,
+            )
+        except RegistryError as error:
+            if error.status in (401, 403):
+                who = self.credentials.username if self.credentials else tr("anonymous")
+                raise AuthenticationError(
+                    Text("The token service {realm} rejected the request for {scope} as {user} (HTTP {status}).", realm=redact_url(realm), scope=scope, user=who, status=error.status),
+                    ERROR_CODE_HINTS["UNAUTHORIZED"],
+                ) from error
+            raise
+        body = parse_json_object(raw, response, what)
+        value = body.get("token") or body.get("access_token")
+        if not isinstance(value, str) or not value:
+            raise AuthenticationError(Text("The token service {realm} answered without a token.", realm=realm), ERROR_CODE_HINTS["UNAUTHORIZED"])
+        expires_in = body.get("expires_in")
+        if not isinstance(expires_in, (int, float)) or isinstance(expires_in, bool) or expires_in <= 0:
+            expires_in = DEFAULT_TOKEN_TTL
+        margin = min(TOKEN_RENEW_MAX_SECONDS, expires_in * TOKEN_RENEW_FRACTION)
+        LOGGER.debug("Token for %s received, valid for %s s", scope, expires_in)
+        return Token(value, time.monotonic() + expires_in - margin)
+
+
+# ---------------------------------------------------------------------------
+# Registry HTTP client: transport, redirects, retries, re-authentication
+# ---------------------------------------------------------------------------
+
+# Errors of the transport that a new attempt may cure. SSLError is a ConnectionError
+# subclass but is excluded: a certificate does not get better by retrying.
+TRANSIENT_ERRORS: Tuple[type, ...] = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+    urllib3.exceptions.HTTPError,
+    ConnectionError,
+    TimeoutError,
+)
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+def is_loopback(host: str) -> bool:
+    """Tell whether a host (without port) is localhost or in 127.0.0.0/8 or ::1."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def split_host(netloc: str) -> str:
+    """Return the host part of HOST[:PORT] or [IPV6][:PORT]."""
+    if netloc.startswith("["):
+        return netloc[1:].split("]", 1)[0]
+    return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
+
+
+def redact_url(url: str) -> str:
+    """Drop user info and the query, which for storage redirects holds a signature."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = "…" if parts.query else ""
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
+    """Parse Retry-After as seconds or an HTTP date; None when absent or invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
+
+
+@dataclass
+class NetworkOptions:
+    retries: int = DEFAULT_RETRIES
+    backoff_base: float = DEFAULT_BACKOFF_BASE
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    insecure_registries: frozenset = frozenset()  # HOST[:PORT] names given with --insecure
+
+    def is_insecure(self, netloc: str) -> bool:
+        return netloc in self.insecure_registries or split_host(netloc) in self.insecure_registries
+
+    def allows_plain_http(self, netloc: str) -> bool:
+        return is_loopback(split_host(netloc)) or self.is_insecure(netloc)
+
+    def verify_tls(self, url: str) -> bool:
+        return not self.is_insecure(urllib.parse.urlsplit(url).netloc)
+
+
+class RetryBudget:
+    """The retries left for one operation, shared by all its requests and resumes."""
+
+    def __init__(self, options: NetworkOptions, cancel: threading.Event) -> None:
+        self.options = options
+        self.cancel = cancel
+        self.used = 0
+
+    def delay(self, retry_after: Optional[float]) -> float:
+        if retry_after is not None:
+            return min(retry_after, MAX_RETRY_AFTER)
+        ceiling = min(MAX_BACKOFF, self.options.backoff_base * (2 ** (self.used - 1)))
+        return random.uniform(0, ceiling)
+
+    def wait_or_raise(self, error: RegistryError) -> None:
+        """Sleep before the next attempt, or raise the error when it is final."""
+        if not error.retryable or self.used >= self.options.retries:
+            raise error
+        self.used += 1
+        delay = self.delay(error.retry_after)
+        LOGGER.warning(Text("{error} Retry {attempt} of {retries} in {delay:.1f} s.", error=error.message, attempt=self.used, retries=self.options.retries, delay=delay))
+        if self.cancel.wait(delay):
+            raise Cancelled()
+
+
+def read_limited(response: requests.Response, limit: int, what: Text) -> bytes:
+    """Read a whole (content-decoded) body, failing once it grows past ``limit`` bytes."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        response.close()
+        raise ManifestError(Text("The {what} is {size} bytes, more than the limit of {limit}.", what=what, size=int(declared), limit=limit))
+    chunks, total = [], 0
+    try:
+        for chunk in response.iter_content(64 * 1024):
+            total += len(chunk)
+            if total > limit:
+                raise ManifestError(Text("The {what} is larger than the limit of {limit} bytes.", what=what, limit=limit))
+            chunks.append(chunk)
+    except TRANSIENT_ERRORS as error:
+        raise RegistryError(Text("Reading the {what} from {url} failed: {error}.", what=what, url=redact_url(response.url), error=error), NETWORK_HINT, url=response.url) from error
+    finally:
+        response.close()
+    return b"".join(chunks)
+
+
+def looks_like_html(body: bytes, content_type: str) -> bool:
+    head = body[:512].lstrip().lower()
+    return "html" in content_type.lower() or head.startswith((b"<!doctype", b"<html", b"<?xml"))
+
+
+def parse_json_object(body: bytes, response: requests.Response, what: Text) -> dict:
+    """Decode a JSON object, with a clear error for HTML from a proxy or captive portal."""
+    content_type = response.headers.get("Content-Type", "")
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        value = None
+    if not isinstance(value, dict):
+        if looks_like_html(body, content_type):
+            detail = Text("an HTML page (a proxy, captive portal or wrong address?)")
+        else:
+            detail = Text("not a JSON object")
+        raise ManifestError(
+            Text("The {what} from {url} is {detail}: {sample!r}", what=what, url=redact_url(response.url), detail=detail, sample=body[:80]),
+            Text("Check the registry address and the proxy settings."),
+        )
+    return value
+
+
+def parse_error_body(body: bytes) -> Tuple[List[str], str]:
+    """Return the error codes and the first message of a distribution error body."""
+    try:
+        errors = json.loads(body.decode("utf-8")).get("errors")
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        return [], ""
+    if not isinstance(errors, list):
+        return [], ""
+    codes = [str(e.get("code")) for e in errors if isinstance(e, dict) and e.get("code")]
+    messages = [str(e.get("message")) for e in errors if isinstance(e, dict) and e.get("message")]
+    return codes, (messages[0][:300] if messages else "")
+
+
+class RegistryClient:
+    """HTTP access to one registry for one repository.
+
+    Requests go through ``send_with_retries``, which keeps three recoveries apart:
+    redirects (the Authorization header never leaves the host it was meant for),
+    re-authentication (once per 401, from that 401's own challenge), and retries with
+    backoff (connection errors and the statuses in RETRY_STATUSES).
+    """
+
+    def __init__(self, reference: Reference, options: NetworkOptions, credentials: Optional[Credentials], cancel: threading.Event) -> None:
+        self.reference = reference
+        self.host = reference.api_host
+        self.options = options
+        self.cancel = cancel
+        self.scope = repository_scope(reference.repository)
+        self.base_url = "https://" + self.host
+        self.auth = Authenticator(self, credentials)
+        self._local = threading.local()
+        self._sessions: List[requests.Session] = []
+        self._sessions_lock = threading.Lock()
+
+    # -- transport ---------------------------------------------------------
+
+    def session(self) -> requests.Session:
+        """Return this thread's session: requests.Session is not safe to share across threads."""
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["User-Agent"] = "docker-image-puller/%s" % __version__
+            self._local.session = session
+            with self._sessions_lock:
+                self._sessions.append(session)
+        return session
+
+    def close(self) -> None:
+        with self._sessions_lock:
+            for session in self._sessions:
+                session.close()
+            self._sessions.clear()
+
+    def new_retry_budget(self) -> RetryBudget:
+        return RetryBudget(self.options, self.cancel)
+
+    def _send_once(self, method: str, url: str, headers: Dict[str, str]) -> requests.Response:
+        """Send one request, following redirects by hand.
+
+        Authorization goes only to the host of the first URL: storage services that a
+        registry redirects blob requests to (S3, CDNs) carry their own signature in the
+        URL and reject a second credential.
+        """
+        origin = urllib.parse.urlsplit(url).netloc
+        for _hop in range(MAX_REDIRECTS + 1):
+            netloc = urllib.parse.urlsplit(url).netloc
+            send_headers = dict(headers)
+            if netloc != origin:
+                send_headers.pop("Authorization", None)
+            started = time.monotonic()
+            response = self.session().request(
+                method, url, headers=send_headers, stream=True, allow_redirects=False,
+                timeout=(self.options.connect_timeout, self.options.read_timeout),
+                # verify is passed per request because REQUESTS_CA_BUNDLE, when set,
+                # overrides Session.verify.
+                verify=self.options.verify_tls(url),
+            )
+            LOGGER.debug("%s %s -> %s in %.2f s", method, redact_url(url), response.status_code, time.monotonic() - started)
+            if response.status_code not in REDIRECT_STATUSES or "Location" not in response.headers:
+                return response
+            location = urllib.parse.urljoin(url, response.headers["Location"])
+            response.close()
+            if urllib.parse.urlsplit(location).scheme not in ("http", "https"):
+                raise RegistryError(
+                    Text("{method} {url} redirected to an unsupported URL {location}.", method=method, url=redact_url(url), location=redact_url(location)[:200]),
+                    Text("The registry or a proxy is misconfigured; try another registry or mirror."),
+                    url=url, retryable=False,
+                )
+            if response.status_code == 303 and method != "HEAD":
+                method = "GET"
+            url = location
+        raise RegistryError(
+            Text("{method} {url} was redirected more than {limit} times.", method=method, url=redact_url(url), limit=MAX_REDIRECTS),
+            Text("The registry or a proxy is misconfigured; try another registry or mirror."),
+            url=url, retryable=False,
+        )
+
+    def send_with_retries(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Optional[Dict[str, str]] = None,
+        phase: Text,
+        registry_auth: bool = True,
+        retry: Optional[RetryBudget] = None,
+        accept_statuses: Sequence[int] = (),
+    ) -> requests.Response:
+        """Send a request until it succeeds, and return the streaming response (2xx or accepted).
+
+        ``registry_auth`` adds the registry's Authorization and answers a 401 from the
+        registry with one re-authentication; a second 401 in a row is final.
+        """
+        retry = retry or self.new_retry_budget()
+        reauthenticated = False
+        while True:
+            if self.cancel.is_set():
+                raise Cancelled()
+            send_headers = dict(headers or {})
+            authorization = self.auth.authorization(self.scope) if registry_auth else None
+            if authorization:
+                send_headers["Authorization"] = authorization
+            try:
+                response = self._send_once(method, url, send_headers)
+            except requests.exceptions.SSLError as error:
+                raise RegistryError(
+                    Text("{phase} failed: TLS error from {url}: {error}", phase=phase, url=redact_url(url), error=error),
+                    Text("Check the registry's certificate; for a registry you trust on your own network, add --insecure."),
+                    url=url, retryable=False,
+                ) from error
+            except TRANSIENT_ERRORS as error:
+                retry.wait_or_raise(RegistryError(
+                    Text("{phase} failed: {method} {url}: {error}", phase=phase, method=method, url=redact_url(url), error=short_error(error)),
+                    NETWORK_HINT, url=url,
+                ))
+                continue
+
+            status = response.status_code
+            final_host = urllib.parse.urlsplit(response.url).netloc
+            if status == 401 and registry_auth and final_host == urllib.parse.urlsplit(url).netloc:
+                challenge_header = response.headers.get("WWW-Authenticate", "")
+                response.close()
+                if reauthenticated:
+                    raise AuthenticationError(
+                        Text("{phase} failed: the registry {registry} rejected the new token too (HTTP 401 from {url}).", phase=phase, registry=self.host, url=redact_url(url)),
+                        ERROR_CODE_HINTS["UNAUTHORIZED"],
+                    )
+                self.auth.handle_unauthorized(challenge_header, self.scope, authorization)
+                reauthenticated = True
+                continue
+            reauthenticated = False
+            if 200 <= status < 300 or status in accept_statuses:
+                return response
+            error = self.error_from_response(response, phase, method)
+            retry.wait_or_raise(error)
+
+    def error_from_response(self, response: requests.Response, phase: Text, method: str) -> RegistryError:
+        try:
+            body = read_limited(response, MAX_ERROR_BODY_BYTES, Text("error body"))
+        except PullerError:
+            body = b""
+        status = response.status_code
+        codes, message = parse_error_body(body)
+        detail = message
+        if not codes and looks_like_html(body, response.headers.get("Content-Type", "")):
+            detail = Text("the body is an HTML page (a proxy, captive portal or wrong address?)")
+        code_text = ", ".join(codes)
+        text = Text(
+            "{phase} failed: {method} {url} returned HTTP {status}{codes}{detail}.",
+            phase=phase, method=method, url=redact_url(response.url), status=status,
+            codes=" " + code_text if code_text else "", detail=": " + detail if detail else "",
+        )
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        return RegistryError(text, hint_for(status, codes), status=status, codes=codes, url=response.url, retry_after=retry_after)
+
+    def fetch_small(self, url: str, *, headers: Dict[str, str], limit: int, what: Text, phase: Text, registry_auth: bool = True) -> Tuple[requests.Response, bytes]:
+        """GET a body that is read into memory (manifest, token), capped at ``limit`` bytes.
+
+        A connection cut while the body arrives is retried like a failed request.
+        """
+        retry = self.new_retry_budget()
+        while True:
+            response = self.send_with_retries("GET", url, headers=headers, phase=phase, registry_auth=registry_auth, retry=retry)
+            try:
+                return response, read_limited(response, limit, what)
+            except RegistryError as error:
+                retry.wait_or_raise(error)
+
+    # -- registry API ------------------------------------------------------
+
+    def ping(self) -> None:
+        """Find the scheme the registry speaks and its authentication challenge (GET /v2/).
+
+        HTTPS is tried first. Plain HTTP follows only for loopback registries and those
+        named with --insecure, as Docker does.
+        """
+        schemes = ["https", "http"] if self.options.allows_plain_http(self.host) else ["https"]
+        for position, scheme in enumerate(schemes):
+            last = position == len(schemes) - 1
+            url = "%s://%s/v2/" % (scheme, self.host)
+            options = self.options if last else NetworkOptions(
+                retries=0, connect_timeout=self.options.connect_timeout, read_timeout=self.options.read_timeout,
+                insecure_registries=self.options.insecure_registries,
+            )
+            probe = RetryBudget(options, self.cancel)
+            try:
+                response = self.send_with_retries(
+                    "GET", url, phase=Text("Contacting the registry {registry}", registry=self.host),
+                    registry_auth=False, retry=probe, accept_statuses=(401,),
+                )
+            except RegistryError as error:
+                if last:
+                    raise
+                LOGGER.debug("%s is not answering over %s (%s); trying the next scheme", self.host, scheme, error)
+                continue
+            self.base_url = "%s://%s" % (scheme, self.host)
+            if response.status_code == 401:
+                self.auth.use_challenges(response.headers.get("WWW-Authenticate", ""))
+            response.close()
+            LOGGER.debug("Registry %s speaks %s", self.host, scheme)
+            return
+
+    def manifest_url(self, reference: str) -> str:
+        return "%s/v2/%s/manifests/%s" % (self.base_url, self.reference.repository, reference)
+
+    def blob_url(self, digest: str) -> str:
+        return "%s/v2/%s/blobs/%s" % (self.base_url, self.reference.repository, digest)
+
+
+def short_error(error: BaseException) -> str:
+    """Describe a transport exception in one line, without the nested repr chains of urllib3."""
+    text = str(error)
+    match = re.search(r"\(Caused by (\w+)\('?(?:<[^>]*>: )?(.*?)'?\)\)?$", text)
+    if match:
+        text = "%s: %s" % (match.group(1), match.group(2))
+    return "%s (%s)" % (text[:300], type(error).__name__) if text else type(error).__name__
+
+
+# ---------------------------------------------------------------------------
+# Manifests: fetch, verify, branch on media type, pick a platform, check the config
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+
+    @property
+    def algorithm(self) -> str:
+        return self.digest.split(":", 1)[0]
+
+    @property
+    def hex(self) -> str:
+        return self.digest.split(":", 1)[1]
+
+
+def parse_descriptor(value: object, what: str) -> Descriptor:
+    """Validate a descriptor from a manifest: digest format, a sane size, a media type."""
+    if not isinstance(value, dict):
+        raise ManifestError(Text("Invalid {what} in the manifest: expected an object, got {value}.", what=what, value=repr(value)[:100]))
+    digest = validate_digest(value.get("digest"), what + " digest")
+    size = value.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0 or size > MAX_BLOB_SIZE:
+        raise ManifestError(Text("Invalid {what} {digest}: size {size!r} is not a whole number from 0 to {limit}.", what=what, digest=digest, size=size, limit=MAX_BLOB_SIZE))
+    media_type = value.get("mediaType", "")
+    if not isinstance(media_type, str):
+        raise ManifestError(Text("Invalid {what} {digest}: the media type is not a string.", what=what, digest=digest))
+    return Descriptor(media_type, digest, size)
+
+
+def compute_digest(data: bytes, algorithm: str = "sha256") -> str:
+    return "%s:%s" % (algorithm, hashlib.new(algorithm, data).hexdigest())
+
+
+@dataclass
+class FetchedManifest:
+    raw: bytes  # exactly as received: it is hashed and archived, never re-serialised
+    digest: str
+    media_type: str
+    document: dict
+
+
+@dataclass
+class ImageManifest:
+    manifest: FetchedManifest
+    config: Descriptor
+    layers: List[Descriptor]
+    platform: Optional[Platform] = None  # as the index named it, when there was an index
+
+
+def manifest_media_type(document: dict, content_type: str) -> str:
+    """Return the manifest's media type: its own mediaType field, else the Content-Type.
+
+    OCI manifests may omit mediaType, so a document with neither is classified by its
+    fields. Schema 1 manifests are rejected here.
+    """
+    declared = document.get("mediaType")
+    media_type = declared if isinstance(declared, str) and declared else content_type
+    if document.get("schemaVersion") == 1 or media_type in SCHEMA1_TYPES:
+        raise ManifestError(
+            Text("The registry returned a Docker schema 1 manifest, which this tool does not support."),
+            Text("Schema 1 is deprecated since 2017; push the image again with a current Docker or buildah, or pull it with an older client."),
+        )
+    if media_type in IMAGE_MANIFEST_TYPES or media_type in INDEX_TYPES:
+        return media_type
+    if isinstance(document.get("manifests"), list):
+        return MEDIA_OCI_INDEX
+    if isinstance(document.get("config"), dict) and isinstance(document.get("layers"), list):
+        return MEDIA_OCI_MANIFEST
+    raise ManifestError(
+        Text("Unsupported manifest media type {media_type!r}.", media_type=media_type[:100]),
+        Text("This tool pulls container images (Docker schema 2 and OCI); other artifacts need a tool such as oras."),
+    )
+
+
+def fetch_manifest(client: RegistryClient, reference: str, expected_digest: Optional[str]) -> FetchedManifest:
+    """GET a manifest or index by tag or digest and hash its raw bytes.
+
+    When ``expected_digest`` is given the bytes must hash to it, so a manifest pulled
+    by digest is trusted only after this check.
+    """
+    image = client.reference
+    url = client.manifest_url(reference)
+    what = Text("manifest {reference} of {image}", reference=reference, image=image.name)
+    response, raw = client.fetch_small(
+        url, headers={"Accept": MANIFEST_ACCEPT}, limit=MAX_MANIFEST_BYTES, what=what,
+        phase=Text("Fetching the manifest {reference} of {image}", reference=reference, image=image.name),
+    )
+    algorithm = expected_digest.split(":", 1)[0] if expected_digest else "sha256"
+    digest = compute_digest(raw, algorithm)
+    if expected_digest and digest != expected_digest:
+        raise DigestMismatchError(
+            Text("The manifest of {image} from {url} has digest {actual}, not the requested {expected} ({size} bytes).", image=image.name, url=redact_url(url), actual=digest, expected=expected_digest, size=len(raw)),
+            expected_digest, digest, len(raw),
+        )
+    header_digest = response.headers.get("Docker-Content-Digest", "")
+    if header_digest.startswith(algorithm + ":") and header_digest != digest:
+        LOGGER.warning(Text("The registry labels the manifest of {image} as {header}, but its bytes hash to {digest}; the computed digest is used.", image=image.name, header=header_digest, digest=digest))
+    document = parse_json_object(raw, response, what)
+    content_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
+    return FetchedManifest(raw, digest, manifest_media_type(document, content_type), document)
+
+
+def index_entries(index: FetchedManifest) -> List[dict]:
+    """Validate an index's entries: each is a descriptor; at most MAX_INDEX_ENTRIES of them."""
+    entries = index.document.get("manifests")
+    if not isinstance(entries, list) or not entries:
+        raise ManifestError(Text("The index {digest} lists no manifests.", digest=index.digest))
+    if len(entries) > MAX_INDEX_ENTRIES:
+        raise ManifestError(Text("The index {digest} lists {count} manifests, more than the limit of {limit}.", digest=index.digest, count=len(entries), limit=MAX_INDEX_ENTRIES))
+    for entry in entries:
+        parse_descriptor(entry, "index entry")
+    return entries
+
+
+def parse_image_manifest(manifest: FetchedManifest, platform: Optional[Platform] = None) -> ImageManifest:
+    document = manifest.document
+    config = parse_descriptor(document.get("config"), "config")
+    if config.media_type not in (MEDIA_DOCKER_CONFIG, MEDIA_OCI_CONFIG):
+        raise ManifestError(
+            Text("The manifest {digest} is not a container image: its config has media type {media_type!r}.", digest=manifest.digest, media_type=config.media_type[:100]),
+            Text("This tool pulls container images (Docker schema 2 and OCI); other artifacts need a tool such as oras."),
+        )
+    raw_layers = document.get("layers")
+    if not isinstance(raw_layers, list):
+        raise ManifestError(Text("The manifest {digest} has no list of layers.", digest=manifest.digest))
+    if len(raw_layers) > MAX_LAYERS:
+        raise ManifestError(Text("The manifest {digest} lists {count} layers, more than the limit of {limit}.", digest=manifest.digest, count=len(raw_layers), limit=MAX_LAYERS))
+    layers = [parse_descriptor(layer, "layer") for layer in raw_layers]
+    for layer in layers:
+        if layer.media_type not in LAYER_MEDIA_TYPES:
+            raise ManifestError(Text("The layer {digest} has an unsupported media type {media_type!r}.", digest=layer.digest, media_type=layer.media_type[:100]))
+    return ImageManifest(manifest, config, layers, platform)
+
+
+def resolve_image(client: RegistryClient, platform: Platform) -> ImageManifest:
+    """Fetch the manifest the reference names and, for an index, the platform's manifest."""
+    reference = client.reference
+    top = fetch_manifest(client, reference.manifest_reference, reference.digest)
+    LOGGER.info(Text("Resolved {reference} to {digest} ({media_type}).", reference=reference, digest=top.digest, media_type=top.media_type))
+    if top.media_type not in INDEX_TYPES:
+        return parse_image_manifest(top)
+
+    chosen = choose_manifest(index_entries(top), platform)
+    chosen_platform = platform_from_descriptor(chosen)
+    LOGGER.info(Text("Chose platform {platform}: manifest {digest}.", platform=chosen_platform, digest=chosen["digest"]))
+    manifest = fetch_manifest(client, chosen["digest"], chosen["digest"])
+    if manifest.media_type in INDEX_TYPES:
+        raise ManifestError(Text("The index {index} points to another index {digest}; nested indexes are not supported.", index=top.digest, digest=manifest.digest))
+    return parse_image_manifest(manifest, chosen_platform)
+
+
+def check_config(config: dict, image: ImageManifest, requested: Optional[Platform]) -> Platform:
+    """Check the image config against the manifest; return the image's platform.
+
+    ``requested`` is the platform the user asked for explicitly; a single-platform image
+    built for another platform is then an error rather than a surprise at run time.
+    """
+    rootfs = config.get("rootfs")
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list):
+        raise ManifestError(Text("The config {digest} has no rootfs.diff_ids list.", digest=image.config.digest))
+    if len(diff_ids) != len(image.layers):
+        raise ManifestError(Text("The config {digest} lists {diff_ids} layer diff IDs but the manifest lists {layers} layers.", digest=image.config.digest, diff_ids=len(diff_ids), layers=len(image.layers)))
+    os_name, architecture, variant = config.get("os"), config.get("architecture"), config.get("variant")
+    if not isinstance(os_name, str) or not isinstance(architecture, str):
+        return image.platform or Platform("unknown", "unknown")
+    actual = Platform(os_name.lower(), architecture.lower(), variant.lower() if isinstance(variant, str) and variant else None)
+    if requested is not None and image.platform is None and platform_match_rank(requested, actual) is None:
+        raise PlatformNotFoundError(
+            Text("The image {image} is built for {actual} only, not for the requested {platform}.", image=image.manifest.digest, actual=actual, platform=requested),
+            Text("Pull it with --platform {actual}, or pick another image.", actual=actual),
+        )
+    return actual
+
+
+# ---------------------------------------------------------------------------
+# Blobs: the working folder, resumable streaming downloads, verification
+# ---------------------------------------------------------------------------
+
+BLOB_FILE = "blob"
+PART_SUFFIX = ".part"
+META_FILE = "meta.json"
+_CONTENT_RANGE_RE = re.compile(r"bytes[ \t]+(\d+)-(\d+)/(\d+|\*)")
+# A 206 whose Content-Range starts elsewhere than asked is retried with Range this many
+# times before the blob is fetched whole, without Range.
+MAX_WRONG_RANGES = 1
+
+
+def parse_content_range(value: Optional[str]) -> Optional[Tuple[int, int, Optional[int]]]:
+    """Parse "bytes START-END/TOTAL" (TOTAL may be "*"); None when invalid or inconsistent."""
+    match = _CONTENT_RANGE_RE.fullmatch((value or "").strip())
+    if match is None:
+        return None
+    start, end = int(match.group(1)), int(match.group(2))
+    total = None if match.group(3) == "*" else int(match.group(3))
+    if end < start or (total is not None and end >= total):
+        return None
+    return start, end, total
+
+
+def write_json_atomically(path: str, value: object) -> None:
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(value, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(temporary, path)
+
+
+def hash_file(path: str, algorithm: str, limit: Optional[int] = None) -> Tuple["hashlib._Hash", int]:
+    """Hash a file (at most ``limit`` bytes of it) in chunks; return the hasher and the byte count."""
+    hasher = hashlib.new(algorithm)
+    count = 0
+    with open(path, "rb") as handle:
+        while limit is None or count < limit:
+            chunk = handle.read(CHUNK_SIZE if limit is None else min(CHUNK_SIZE, limit - count))
+            if not chunk:
+                break
+            hasher.update(chunk)
+            count += len(chunk)
+    return hasher, count
+
+
+def local_error(action: Text, path: str, error: OSError) -> LocalFileError:
+    return LocalFileError(
+        Text("{action} {path} failed: {error}", action=action, path=path, error=error.strerror or error),
+        Text("Free disk space or fix the folder's permissions, then run the same command again; verified downloads are kept."),
+    )
+
+
+class BlobStore:
+    """The working folder of one repository.
+
+    DIR/<repository with / as _>_layers/<algorithm>_<hex>/ holds ``blob`` once it is
+    verified, ``blob.part`` while it downloads, and ``meta.json``.
+    """
+
+    def __init__(self, root: str, reference: Reference) -> None:
+        self.root = root
+        self.folder = os.path.join(root, reference.repository.replace("/", "_") + "_layers")
+        self.source = str(reference)
+
+    def blob_folder(self, digest: str) -> str:
+        validate_digest(digest)
+        return os.path.join(self.folder, digest.replace(":", "_"))
+
+    def blob_path(self, digest: str) -> str:
+        return os.path.join(self.blob_folder(digest), BLOB_FILE)
+
+    def part_path(self, digest: str) -> str:
+        return self.blob_path(digest) + PART_SUFFIX
+
+    def write_meta(self, descriptor: Descriptor, state: str) -> None:
+        meta = {
+            "digest": descriptor.digest,
+            "size": descriptor.size,
+            "mediaType": descriptor.media_type,
+            "source": self.source,
+            "state": state,
+        }
+        write_json_atomically(os.path.join(self.blob_folder(descriptor.digest), META_FILE), meta)
+
+    def verified_blob(self, descriptor: Descriptor) -> Optional[str]:
+        """Return the finished blob's path if its size and digest still match, else remove it."""
+        path = self.blob_path(descriptor.digest)
+        if not os.path.isfile(path):
+            return None
+        hasher, size = hash_file(path, descriptor.algorithm)
+        actual = "%s:%s" % (descriptor.algorithm, hasher.hexdigest())
+        if size == descriptor.size and actual == descriptor.digest:
+            return path
+        LOGGER.warning(Text("The finished blob {path} is damaged ({size} bytes, digest {actual}); downloading it again.", path=path, size=size, actual=actual))
+        os.remove(path)
+        return None
+
+
+class BlobDownloader:
+    """Download blobs into a BlobStore, resuming from the bytes on disk.
+
+    Each blob is written to ``blob.part`` and hashed as it arrives; it becomes ``blob``
+    only when its size and digest match the descriptor. A mismatch earns one download
+    from zero before it is reported.
+    """
+
+    def __init__(self, client: RegistryClient, store: BlobStore, progress: "Progress") -> None:
+        self.client = client
+        self.store = store
+        self.progress = progress
+
+    def fetch(self, descriptor: Descriptor) -> str:
+        """Return the path of the verified blob, downloading what is missing."""
+        if self.client.cancel.is_set():
+            raise Cancelled()
+        folder = self.store.blob_folder(descriptor.digest)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            finished = self.store.verified_blob(descriptor)
+            if finished is not None:
+                LOGGER.info(Text("Blob {digest} is already downloaded and verified.", digest=descriptor.digest))
+                self.progress.blob_cached(descriptor)
+                return finished
+            self.store.write_meta(descriptor, "downloading")
+        except OSError as error:
+            raise local_error(Text("Preparing"), folder, error) from error
+
+        part = self.store.part_path(descriptor.digest)
+        for attempt in (1, 2):
+            actual, size = self._download(descriptor, part)
+            if size == descriptor.size and actual == descriptor.digest:
+                break
+            os.remove(part)
+            mismatch = DigestMismatchError(
+                Text("Blob {digest} of {image} from {url} failed verification: got {size} bytes with digest {actual}, expected {expected_size} bytes.", digest=descriptor.digest, image=self.client.reference.name, url=redact_url(self.client.blob_url(descriptor.digest)), size=size, actual=actual, expected_size=descriptor.size),
+                descriptor.digest, actual, size,
+            )
+            if attempt == 2:
+                raise mismatch
+            LOGGER.warning(Text("{error} Downloading it once more from the start.", error=mismatch.message))
+
+        final = self.store.blob_path(descriptor.digest)
+        try:
+            os.replace(part, final)
+            self.store.write_meta(descriptor, "complete")
+        except OSError as error:
+            raise local_error(Text("Finishing"), final, error) from error
+        LOGGER.info(Text("Blob {digest} downloaded and verified ({size} bytes).", digest=descriptor.digest, size=descriptor.size))
+        return final
+
+    def _download(self, descriptor: Descriptor, path: str) -> Tuple[str, int]:
+        """Complete the .part file; return its digest and size."""
+        try:
+            part = PartFile.open(path, descriptor)
+        except OSError as error:
+            raise local_error(Text("Opening"), path, error) from error
+        with part, self.progress.blob_bar(descriptor, part.offset) as bar:
+            self._transfer(descriptor, part, bar)
+            part.sync()
+        return part.digest(), part.offset
+
+    def _transfer(self, descriptor: Descriptor, part: "PartFile", bar: "BlobBar") -> None:
+        """Request the blob from the part's offset until it is complete, resuming after each failure."""
+        client = self.client
+        url = client.blob_url(descriptor.digest)
+        phase = Text("Downloading blob {digest} of {image}", digest=descriptor.digest, image=client.reference.name)
+        retry = client.new_retry_budget()
+        wrong_ranges = 0
+        while part.offset < descriptor.size:
+            use_range = part.offset > 0 and wrong_ranges <= MAX_WRONG_RANGES
+            headers = {"Accept-Encoding": "identity"}
+            if use_range:
+                headers["Range"] = "bytes=%d-" % part.offset
+            try:
+                response = client.send_with_retries("GET", url, headers=headers, phase=phase, retry=retry, accept_statuses=(416,))
+                with contextlib.closing(response):
+                    start = body_start(response, part.offset if use_range else None, phase)
+                    if start != part.offset:
+                        LOGGER.warning(Text("{url} sent blob {digest} from byte 0 instead of byte {offset}; starting it over.", url=redact_url(response.url), digest=descriptor.digest, offset=part.offset))
+                        part.restart()
+                        bar.restart()
+                    self._copy_body(response, part, descriptor, bar, phase)
+            except WrongRangeError as error:
+                wrong_ranges += 1
+                if error.status == 416:
+                    part.restart()
+                    bar.restart()
+                retry.wait_or_raise(error)
+            except RegistryError as error:
+                retry.wait_or_raise(error)
+
+    def _copy_body(self, response: requests.Response, part: "PartFile", descriptor: Descriptor, bar: "BlobBar", phase: Text) -> None:
+        """Stream the body to disk, hashing each chunk; stop at the blob's size.
+
+        The offset counts bytes written to disk, not bytes requested: urllib3 2 drops what
+        it had read when a connection breaks inside a read.
+        """
+        cancel = self.client.cancel
+        try:
+            for chunk in response.raw.stream(CHUNK_SIZE, decode_content=False):
+                if cancel.is_set():
+                    raise Cancelled()
+                room = descriptor.size - part.offset
+                if len(chunk) > room:
+                    chunk = chunk[:room]
+                part.append(chunk)
+                bar.update(len(chunk))
+                if part.offset >= descriptor.size:
+                    return
+        except TRANSIENT_ERRORS as error:
+            raise RegistryError(
+                Text("{phase} failed after {offset} of {size} bytes: {error}", phase=phase, offset=part.offset, size=descriptor.size, error=short_error(error)),
+                NETWORK_HINT, url=response.url,
+            ) from error
+        if part.offset < descriptor.size:
+            raise RegistryError(
+                Text("{phase} failed: the connection closed after {offset} of {size} bytes.", phase=phase, offset=part.offset, size=descriptor.size),
+                NETWORK_HINT, url=response.url,
+            )
+
+
+class WrongRangeError(RegistryError):
+    """A 206 whose Content-Range does not start where the request's Range asked."""
+
+
+def body_start(response: requests.Response, requested_offset: Optional[int], phase: Text) -> int:
+    """Return the blob offset at which the response body starts.
+
+    A 200 starts at 0. A 206 is accepted only when its Content-Range starts exactly at the
+    requested offset. A 416 means the blob is shorter than the bytes on disk; the caller
+    then starts over.
+    """
+    status = response.status_code
+    if status == 206 and requested_offset is not None:
+        content_range = parse_content_range(response.headers.get("Content-Range"))
+        if content_range is not None and content_range[0] == requested_offset:
+            return requested_offset
+        raise WrongRangeError(
+            Text("{phase} failed: asked for bytes from {offset} but got Content-Range {content_range!r}.", phase=phase, offset=requested_offset, content_range=response.headers.get("Content-Range", "")[:100]),
+            NETWORK_HINT, url=response.url, retryable=True,
+        )
+    if status == 416:
+        raise WrongRangeError(
+            Text("{phase} failed: the registry answered 416 to a request for bytes from {offset}.", phase=phase, offset=requested_offset),
+            NETWORK_HINT, status=416, url=response.url, retryable=True,
+        )
+    if status == 206:
+        raise RegistryError(Text("{phase} failed: HTTP 206 to a request without Range.", phase=phase), NETWORK_HINT, url=response.url, retryable=True)
+    return 0
+
+
+class PartFile:
+    """A blob's .part file, its running hash, and the count of bytes written to it."""
+
+    def __init__(self, path: str, handle, algorithm: str, hasher, offset: int) -> None:
+        self.path = path
+        self.handle = handle
+        self.algorithm = algorithm
+        self.hasher = hasher
+        self.offset = offset
+
+    @classmethod
+    def open(cls, path: str, descriptor: Descriptor) -> "PartFile":
+        """Open the .part file, hashing what an earlier attempt or run left there."""
+        algorithm = descriptor.algorithm
+        if os.path.exists(path) and os.path.getsize(path) > descriptor.size:
+            LOGGER.warning(Text("{path} is longer ({length} bytes) than the blob ({size} bytes); starting it over.", path=path, length=os.path.getsize(path), size=descriptor.size))
+            os.remove(path)
+        if os.path.exists(path):
+            hasher, offset = hash_file(path, algorithm)
+            if offset:
+                LOGGER.info(Text("Resuming blob {digest} at byte {offset} of {size}.", digest=descriptor.digest, offset=offset, size=descriptor.size))
+            handle = open(path, "r+b")
+        else:
+            hasher, offset = hashlib.new(algorithm), 0
+            handle = open(path, "w+b")
+        handle.seek(offset)
+        handle.truncate()
+        return cls(path, handle, algorithm, hasher, offset)
+
+    def append(self, chunk: bytes) -> None:
+        try:
+            self.handle.write(chunk)
+        except OSError as error:
+            raise local_error(Text("Writing"), self.path, error) from error
+        self.hasher.update(chunk)
+        self.offset += len(chunk)
+
+    def restart(self) -> None:
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.hasher = hashlib.new(self.algorithm)
+        self.offset = 0
+
+    def sync(self) -> None:
+        try:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+        except OSError as error:
+            raise local_error(Text("Writing"), self.path, error) from error
+
+    def digest(self) -> str:
+        return "%s:%s" % (self.algorithm, self.hasher.hexdigest())
+
+    def __enter__(self) -> "PartFile":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.handle.close()
+
+
+def download_blobs(downloader: BlobDownloader, descriptors: Sequence[Descriptor], threads: int) -> Dict[str, str]:
+    """Fetch each distinct blob once, ``threads`` at a time; return digest -> path.
+
+    The first failure cancels the other downloads, which stop at their next chunk and
+    keep their .part files for the next run.
+    """
+    unique: Dict[str, Descriptor] = {}
+    for descriptor in descriptors:
+        unique.setdefault(descriptor.digest, descriptor)
+    cancel = downloader.client.cancel
+    paths: Dict[str, str] = {}
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="blob")
+    futures = {pool.submit(downloader.fetch, descriptor): digest for digest, descriptor in unique.items()}
+    failure: Optional[BaseException] = None
+    try:
+        pending = set(futures)
+        while pending and failure is None:
+            done, pending = concurrent.futures.wait(pending, timeout=0.2, return_when=concurrent.futures.FIRST_EXCEPTION)
+            for future in done:
+                error = future.exception()
+                if error is None:
+                    paths[futures[future]] = future.result()
+                elif not isinstance(error, Cancelled) and failure is None:
+                    failure = error
+        if failure is not None:
+            raise failure
+    finally:
+        if len(paths) < len(unique):
+            cancel.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        # Workers notice the cancellation at their next chunk; a worker blocked in a
+        # stalled read holds on until its read timeout, so waiting is bounded here.
+        concurrent.futures.wait(list(futures), timeout=5)
+    return paths
+
+
+# ---------------------------------------------------------------------------
+# Archive: the layout `docker save` writes since Docker 25 (OCI layout + manifest.json)
+# ---------------------------------------------------------------------------
+
+OCI_LAYOUT_VERSION = "1.0.0"
+ANNOTATION_IMAGE_NAME = "io.containerd.image.name"  # what `ctr images import` names the image
+ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
+
+
+class HashingReader:
+    """A file wrapper that hashes what tarfile reads, to re-verify blobs while archiving."""
+
+    def __init__(self, handle, algorithm: str) -> None:
+        self.handle = handle
+        self.hasher = hashlib.new(algorithm)
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        self.hasher.update(data)
+        self.count += len(data)
+        return data
+
+
+def blob_member(digest: str) -> str:
+    algorithm, hex_digest = digest.split(":", 1)
+    return "blobs/%s/%s" % (algorithm, hex_digest)
+
+
+def _tar_info(name: str, size: int = 0, directory: bool = False) -> tarfile.TarInfo:
+    """A TarInfo with fixed owner, mode and time, so the same image gives the same bytes."""
+    info = tarfile.TarInfo(name)
+    info.size = 0 if directory else size
+    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+    info.mode = 0o755 if directory else 0o644
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def archive_metadata(reference: Reference, image: ImageManifest) -> Dict[str, bytes]:
+    """Return index.json, manifest.json, oci-layout and repositories for the archive."""
+    manifest = image.manifest
+    annotations = {}
+    if reference.tag:
+        annotations[ANNOTATION_IMAGE_NAME] = "%s:%s" % (reference.name, reference.tag)
+        annotations[ANNOTATION_REF_NAME] = reference.tag
+    else:
+        annotations[ANNOTATION_IMAGE_NAME] = "%s@%s" % (reference.name, reference.digest)
+    index = {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_OCI_INDEX,
+        "manifests": [{
+            "mediaType": manifest.media_type,
+            "digest": manifest.digest,
+            "size": len(manifest.raw),
+            "annotations": annotations,
+        }],
+    }
+    legacy = [{
+        "Config": blob_member(image.config.digest),
+        "RepoTags": [reference.repo_tag] if reference.repo_tag else None,
+        "Layers": [blob_member(layer.digest) for layer in image.layers],
+    }]
+    repositories = {}
+    if reference.repo_tag and image.layers:
+        repositories = {reference.familiar_name: {reference.tag: image.layers[-1].hex}}
+
+    def encode(value: object) -> bytes:
+        return json.dumps(value, separators=(",", ":")).encode("utf-8")
+
+    return {
+        "index.json": encode(index),
+        "manifest.json": encode(legacy),
+        "oci-layout": encode({"imageLayoutVersion": OCI_LAYOUT_VERSION}),
+        "repositories": encode(repositories),
+    }
+
+
+def write_archive(path: str, reference: Reference, image: ImageManifest, blob_paths: Dict[str, str], cancel: threading.Event) -> None:
+    """Write the archive under a temporary name and rename it when it is complete.
+
+    Blobs are copied unchanged (layers stay compressed) and hashed again on the way, so
+    the archive holds only verified bytes even if a blob changed on disk since.
+    """
+    temporary = path + PART_SUFFIX
+    blobs = [(image.config.digest, image.config.size)]
+    for layer in image.layers:
+        if all(layer.digest != digest for digest, _ in blobs):
+            blobs.append((layer.digest, layer.size))
+    directories = sorted({"blobs", "blobs/" + image.manifest.digest.split(":")[0]} | {"blobs/" + digest.split(":")[0] for digest, _ in blobs})
+    try:
+        with open(temporary, "wb") as output:
+            with tarfile.open(fileobj=output, mode="w", format=tarfile.PAX_FORMAT, copybufsize=ARCHIVE_BUFFER_SIZE) as tar:
+                for directory in directories:
+                    tar.addfile(_tar_info(directory, directory=True))
+                for digest, size in blobs:
+                    if cancel.is_set():
+                        raise Cancelled()
+                    _add_verified_blob(tar, digest, size, blob_paths[digest])
+                tar.addfile(_tar_info(blob_member(image.manifest.digest), len(image.manifest.raw)), io.BytesIO(image.manifest.raw))
+                for name, data in archive_metadata(reference, image).items():
+                    tar.addfile(_tar_info(name, len(data)), io.BytesIO(data))
+            output.flush()
+            os.fsync(output.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise local_error(Text("Writing the archive"), path, error) from error
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
+
+
+def _add_verified_blob(tar: tarfile.TarFile, digest: str, size: int, path: str) -> None:
+    with open(path, "rb") as handle:
+        reader = HashingReader(handle, digest.split(":", 1)[0])
+        tar.addfile(_tar_info(blob_member(digest), size), reader)
+    actual = "%s:%s" % (digest.split(":", 1)[0], reader.hasher.hexdigest())
+    if actual != digest or reader.count != size:
+        raise DigestMismatchError(
+            Text("Blob {path} changed on disk after it was verified: got {count} bytes with digest {actual}, expected {digest}.", path=path, count=reader.count, actual=actual, digest=digest),
+            digest, actual, reader.count,
+        )
+
+
+# ---------------------------------------------------------------------------
+# Progress and logging: tqdm bars on a terminal, the log file in the working folder
+# ---------------------------------------------------------------------------
+
+
+class Progress:
+    """One bar for the whole image and one per downloading blob; silent when disabled."""
+
+    def __init__(self, enabled: bool, total: int, description: str) -> None:
+        self.enabled = enabled
+        self.overall = tqdm(
+            total=total, desc=description, unit="B", unit_scale=True, unit_divisor=1024,
+            disable=not enabled, leave=True, dynamic_ncols=True,
+        )
+
+    def blob_bar(self, descriptor: Descriptor, initial: int) -> "BlobBar":
+        return BlobBar(self, descriptor, initial)
+
+    def blob_cached(self, descriptor: Descriptor) -> None:
+        self.overall.update(descriptor.size)
+
+    def close(self) -> None:
+        self.overall.close()
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class BlobBar:
+    def __init__(self, progress: Progress, descriptor: Descriptor, initial: int) -> None:
+        self.progress = progress
+        label = descriptor.hex[:12]
+        if initial:
+            label += " " + tr("(resumed)")
+        self.bar = tqdm(
+            total=descriptor.size, initial=initial, desc=label, unit="B", unit_scale=True,
+            unit_divisor=1024, disable=not progress.enabled, leave=False, dynamic_ncols=True,
+        )
+        progress.overall.update(initial)
+
+    def update(self, count: int) -> None:
+        self.bar.update(count)
+        self.progress.overall.update(count)
+
+    def restart(self) -> None:
+        self.progress.overall.update(-self.bar.n)
+        self.bar.reset(total=self.bar.total)
+
+    def __enter__(self) -> "BlobBar":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.bar.close()
+
+
+class LocalizedFormatter(logging.Formatter):
+    """Render Text messages in one language: English for the log file, the user's on screen."""
+
+    def __init__(self, fmt: str, language: Optional[str]) -> None:
+        super().__init__(fmt)
+        self.language = language
+
+    def format(self, record: logging.LogRecord) -> str:
+        if isinstance(record.msg, Text):
+            record = logging.makeLogRecord(record.__dict__)
+            record.msg = record.msg.render(self.language)
+        return super().format(record)
+
+
+FILE_ONLY = {"file_only": True}  # pass as extra= for records that the terminal shows otherwise
+
+
+def setup_logging(directory: str, verbose: bool, quiet: bool) -> List[logging.Handler]:
+    """Log to DIR/docker_puller.log (in English) and to stderr (in the chosen language)."""
+    LOGGER.setLevel(logging.DEBUG)
+    LOGGER.propagate = False
+    file_handler = logging.FileHandler(os.path.join(directory, LOG_FILE_NAME), encoding="utf-8", delay=True)
+    file_handler.setLevel(logging.DEBUG if verbose else logging.INFO)
+    file_handler.setFormatter(LocalizedFormatter("%(asctime)s %(levelname)s [%(threadName)s] %(message)s", "en"))
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO)
+    console.setFormatter(LocalizedFormatter("%(message)s", None))
+    console.addFilter(lambda record: not getattr(record, "file_only", False))
+    handlers: List[logging.Handler] = [file_handler, console]
+    for handler in handlers:
+        LOGGER.addHandler(handler)
+    return handlers
+
+
+def remove_logging(handlers: Sequence[logging.Handler]) -> None:
+    for handler in handlers:
+        LOGGER.removeHandler(handler)
+        handler.close()
+
+
+# ---------------------------------------------------------------------------
+# Pull: one image from reference to archive
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class PullSettings:
+    directory: str
+    output: Optional[str]
+    platform: Platform
+    platform_explicit: bool  # asked with --platform or $DOCKER_DEFAULT_PLATFORM
+    threads: int
+    network: NetworkOptions
+    credentials: Optional[Credentials]
+    show_progress: bool
+
+
+@dataclass
+class PullResult:
+    reference: Reference
+    digest: str  # of the image manifest that went into the archive
+    platform: Platform
+    archive: str
+    size: int  # bytes of config and layers
+
+
+def load_config_blob(path: str, descriptor: Descriptor) -> dict:
+    with open(path, "rb") as handle:
+        raw = handle.read(MAX_CONFIG_BYTES + 1)
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        value = None
+    if not isinstance(value, dict):
+        raise ManifestError(Text("The config {digest} is not a JSON object.", digest=descriptor.digest))
+    return value
+
+
+def pull_image(reference: Reference, settings: PullSettings, cancel: threading.Event) -> PullResult:
+    """Pull one image into its archive; every failure raises a PullerError or Cancelled."""
+    LOGGER.info(Text("Pulling {reference} from {host} into {directory}.", reference=reference, host=reference.api_host, directory=os.path.abspath(settings.directory)))
+    client = RegistryClient(reference, settings.network, settings.credentials, cancel)
+    try:
+        client.ping()
+        image = resolve_image(client, settings.platform)
+        if image.config.size > MAX_CONFIG_BYTES:
+            raise ManifestError(Text("The config {digest} is {size} bytes, more than the limit of {limit}.", digest=image.config.digest, size=image.config.size, limit=MAX_CONFIG_BYTES))
+        store = BlobStore(settings.directory, reference)
+        archive = settings.output or os.path.join(settings.directory, reference.file_stem() + ".tar")
+        distinct = {d.digest: d for d in [image.config] + image.layers}
+        total = sum(d.size for d in distinct.values())
+
+        with Progress(settings.show_progress, total, reference.familiar_name) as progress:
+            downloader = BlobDownloader(client, store, progress)
+            config_path = downloader.fetch(image.config)
+            platform = check_config(load_config_blob(config_path, image.config), image, settings.platform if settings.platform_explicit else None)
+            paths = download_blobs(downloader, image.layers, settings.threads)
+        paths[image.config.digest] = config_path
+
+        write_archive(archive, reference, image, paths, cancel)
+        LOGGER.info(Text("Wrote {archive}: {reference} {digest} ({platform}, {size} bytes).", archive=archive, reference=reference, digest=image.manifest.digest, platform=platform, size=total))
+        return PullResult(reference, image.manifest.digest, platform, archive, total)
+    finally:
+        client.close()
+
+
+# ---------------------------------------------------------------------------
+# Simplified Chinese catalogue: English template -> Chinese template
+# ---------------------------------------------------------------------------
+# Keys are the exact English templates passed to Text() and tr(); a test checks that
+# every one of them has an entry with the same {placeholders}. Field terms (registry,
+# manifest, digest, token, blob) stay in English, as Chinese engineers write them.
+
+ZH_MESSAGES = {
+    # argparse's own texts (Python 3.9 to 3.13)
+    "usage: ": "用法：",
+    "positional arguments": "位置参数",
+    "options": "选项",
+    "optional arguments": "选项",
+    "show this help message and exit": "显示本帮助并退出",
+    "show program's version number and exit": "显示版本号并退出",
+    "the following arguments are required: %s": "缺少必需的参数：%s",
+    "unrecognized arguments: %s": "无法识别的参数：%s",
+    "%(prog)s: error: %(message)s\n": "%(prog)s: 错误：%(message)s\n",
+    "invalid %(type)s value: %(value)r": "无效的 %(type)s 值：%(value)r",
+    "argument %(argument_name)s: %(message)s": "参数 %(argument_name)s：%(message)s",
+    "expected one argument": "需要一个参数值",
+    "invalid choice: %(value)r (choose from %(choices)s)": "无效的选项：%(value)r（可选：%(choices)s）",
+    "not allowed with argument %s": "不能与参数 %s 同时使用",
+    "ambiguous option: %(option)s could match %(matches)s": "有歧义的选项：%(option)s 可能是 %(matches)s",
+    # hints
+    "The registry failed; wait and run the same command again, or use a mirror.": "registry 出错；请稍后重新运行同一命令，或改用镜像加速器（mirror）。",
+    "Check the network, the proxy settings and the registry address, then run the same command again; finished downloads are kept.": "请检查网络、代理设置和 registry 地址，然后重新运行同一命令；已完成的下载会保留。",
+    "Log in with -u USER --password-stdin, or check the credentials.": "请用 -u 用户名 --password-stdin 登录，或检查凭据。",
+    "The account has no pull access to this repository; check the name and the credentials.": "该账号没有此仓库的拉取权限；请检查镜像名和凭据。",
+    "Check the repository name; private repositories also need -u USER --password-stdin.": "请检查仓库名；私有仓库还需要 -u 用户名 --password-stdin。",
+    "Check the repository name.": "请检查仓库名。",
+    "Check the tag or digest; the image may have been deleted or never pushed.": "请检查标签或 digest；该镜像可能已被删除或从未推送。",
+    "The registry rejected the manifest request; check the reference.": "registry 拒绝了 manifest 请求；请检查镜像引用。",
+    "The registry has lost a blob the manifest names; ask its operator, or try another mirror.": "registry 缺少 manifest 中列出的 blob；请联系其管理员，或换一个镜像加速器。",
+    "The registry limits the pull rate: wait and run the same command again, log in, or use a mirror.": "registry 限制了拉取频率：请稍后重新运行同一命令、登录，或改用镜像加速器。",
+    "The registry does not support this request.": "registry 不支持此请求。",
+    "Check the image name and tag, and the registry.": "请检查镜像名、标签和 registry。",
+    "The registry or a proxy served corrupted data; run the same command again, or try another mirror.": "registry 或代理返回了损坏的数据；请重新运行同一命令，或换一个镜像加速器。",
+    "Free disk space or fix the folder's permissions, then run the same command again; verified downloads are kept.": "请释放磁盘空间或修正目录权限，然后重新运行同一命令；已校验的下载会保留。",
+    "This tool pulls container images (Docker schema 2 and OCI); other artifacts need a tool such as oras.": "本工具只拉取容器镜像（Docker schema 2 和 OCI）；其他制品请用 oras 等工具。",
+    "Choose one with --platform OS/ARCH[/VARIANT].": "请用 --platform OS/ARCH[/VARIANT] 选择一个。",
+    "Check the registry address and the proxy settings.": "请检查 registry 地址和代理设置。",
+    "The registry or a proxy is misconfigured; try another registry or mirror.": "registry 或代理配置有误；请换一个 registry 或镜像加速器。",
+    "Schema 1 is deprecated since 2017; push the image again with a current Docker or buildah, or pull it with an older client.": "schema 1 自 2017 年起已弃用；请用新版 Docker 或 buildah 重新推送该镜像，或用旧版客户端拉取。",
+    "Pull it with --platform {actual}, or pick another image.": "请用 --platform {actual} 拉取，或换一个镜像。",
+    "Use an HTTPS registry, or name the registry with --insecure if you trust the network.": "请使用 HTTPS 的 registry；如果信任当前网络，可加 --insecure。",
+    "Check the registry's certificate; for a registry you trust on your own network, add --insecure.": "请检查 registry 的证书；若是你信任的内网 registry，可加 --insecure。",
+    "Run with -v for the traceback, and report it with the log {log}.": "请加 -v 运行以查看 traceback，并附上日志 {log} 报告此问题。",
+    # fragments used inside other messages
+    "manifest {reference} of {image}": "{image} 的 manifest {reference}",
+    "token response from {realm}": "来自 {realm} 的 token 响应",
+    "an HTML page (a proxy, captive portal or wrong address?)": "一个 HTML 页面（代理、认证门户，或地址有误？）",
+    "the body is an HTML page (a proxy, captive portal or wrong address?)": "响应体是 HTML 页面（代理、认证门户，或地址有误？）",
+    "not a JSON object": "不是 JSON 对象",
+    "error body": "错误响应体",
+    "Downloading blob {digest} of {image}": "下载 {image} 的 blob {digest}",
+    "Fetching the manifest {reference} of {image}": "获取 {image} 的 manifest {reference}",
+    "Token request to {realm}": "向 {realm} 请求 token",
+    "Contacting the registry {registry}": "连接 registry {registry}",
+    "Writing the archive": "写入归档",
+    "Preparing": "准备",
+    "Finishing": "完成",
+    "Opening": "打开",
+    "Writing": "写入",
+    "Creating the working folder": "创建工作目录",
+    "anonymous": "匿名用户",
+    "(resumed)": "（续传）",
+    "error: {message}": "错误：{message}",
+    # errors and log lines
+    "{phase} failed: {method} {url} returned HTTP {status}{codes}{detail}.": "{phase}失败：{method} {url} 返回 HTTP {status}{codes}{detail}。",
+    "Unsupported manifest media type {media_type!r}.": "不支持的 manifest 媒体类型 {media_type!r}。",
+    "Resolved {reference} to {digest} ({media_type}).": "{reference} 解析为 {digest}（{media_type}）。",
+    "Chose platform {platform}: manifest {digest}.": "选择平台 {platform}：manifest {digest}。",
+    "{action} {path} failed: {error}": "{action} {path} 失败：{error}",
+    "Pulling {reference} from {host} into {directory}.": "正在从 {host} 拉取 {reference} 到 {directory}。",
+    "docker-image-puller {version} started.": "docker-image-puller {version} 已启动。",
+    "Invalid {what}: expected a string like sha256:<64 hex digits>, got {value}.": "无效的 {what}：应为 sha256:<64 位十六进制> 形式的字符串，实际为 {value}。",
+    "Invalid {what} {value!r}: expected sha256:<64 hex digits> or sha512:<128 hex digits>.": "无效的 {what} {value!r}：应为 sha256:<64 位十六进制> 或 sha512:<128 位十六进制>。",
+    "Invalid registry {value!r}: expected HOST or HOST:PORT, without a scheme or path.": "无效的 registry {value!r}：应为 主机 或 主机:端口，不带协议和路径。",
+    "Invalid image reference {value!r}: it is empty or has surrounding spaces.": "无效的镜像引用 {value!r}：为空或首尾有空格。",
+    "Invalid image reference {value!r}: the repository name is empty.": "无效的镜像引用 {value!r}：仓库名为空。",
+    "Invalid image reference {value!r}: repository names must be lowercase.": "无效的镜像引用 {value!r}：仓库名必须是小写。",
+    "Invalid image reference {value!r}: each part of the repository name must be lowercase letters and digits, separated by '.', '_', '__' or '-', and parts are separated by '/'.": "无效的镜像引用 {value!r}：仓库名的每一段只能由小写字母和数字组成，可用 '.'、'_'、'__' 或 '-' 连接，段与段之间用 '/' 分隔。",
+    "Invalid image reference {value!r}: the name is longer than {limit} characters.": "无效的镜像引用 {value!r}：名称超过 {limit} 个字符。",
+    "Invalid image reference {value!r}: the digest must be sha256:<64 lowercase hex digits> or sha512:<128>.": "无效的镜像引用 {value!r}：digest 必须是 sha256:<64 位小写十六进制> 或 sha512:<128 位>。",
+    "Invalid image reference {value!r}: the tag {tag!r} must be 1 to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'.": "无效的镜像引用 {value!r}：标签 {tag!r} 必须是 1 到 128 个字母、数字、'_'、'.' 或 '-'，且不能以 '.' 或 '-' 开头。",
+    "Invalid platform {value!r}: expected OS/ARCH or OS/ARCH/VARIANT, for example linux/amd64 or linux/arm64/v8.": "无效的平台 {value!r}：应为 OS/ARCH 或 OS/ARCH/VARIANT，例如 linux/amd64 或 linux/arm64/v8。",
+    "No manifest for platform {platform}; the image offers: {available}.": "没有平台 {platform} 的 manifest；该镜像提供：{available}。",
+    "{error} Retry {attempt} of {retries} in {delay:.1f} s.": "{error} {delay:.1f} 秒后第 {attempt}/{retries} 次重试。",
+    "The {what} is {size} bytes, more than the limit of {limit}.": "{what}有 {size} 字节，超过上限 {limit}。",
+    "The {what} is larger than the limit of {limit} bytes.": "{what}超过上限 {limit} 字节。",
+    "The {what} from {url} is {detail}: {sample!r}": "来自 {url} 的{what}是{detail}：{sample!r}",
+    "Reading the {what} from {url} failed: {error}.": "从 {url} 读取{what}失败：{error}。",
+    "{method} {url} was redirected more than {limit} times.": "{method} {url} 重定向超过 {limit} 次。",
+    "{method} {url} redirected to an unsupported URL {location}.": "{method} {url} 重定向到不支持的 URL {location}。",
+    "Invalid {what} in the manifest: expected an object, got {value}.": "manifest 中的 {what} 无效：应为对象，实际为 {value}。",
+    "Invalid {what} {digest}: size {size!r} is not a whole number from 0 to {limit}.": "无效的 {what} {digest}：大小 {size!r} 不是 0 到 {limit} 之间的整数。",
+    "Invalid {what} {digest}: the media type is not a string.": "无效的 {what} {digest}：媒体类型不是字符串。",
+    "The registry returned a Docker schema 1 manifest, which this tool does not support.": "registry 返回了 Docker schema 1 manifest，本工具不支持。",
+    "The manifest of {image} from {url} has digest {actual}, not the requested {expected} ({size} bytes).": "来自 {url} 的 {image} manifest 的 digest 是 {actual}，而不是请求的 {expected}（{size} 字节）。",
+    "The registry labels the manifest of {image} as {header}, but its bytes hash to {digest}; the computed digest is used.": "registry 标注 {image} 的 manifest 为 {header}，但其内容的哈希是 {digest}；采用计算出的 digest。",
+    "The index {digest} lists no manifests.": "index {digest} 没有列出任何 manifest。",
+    "The index {digest} lists {count} manifests, more than the limit of {limit}.": "index {digest} 列出了 {count} 个 manifest，超过上限 {limit}。",
+    "The manifest {digest} is not a container image: its config has media type {media_type!r}.": "manifest {digest} 不是容器镜像：其 config 的媒体类型是 {media_type!r}。",
+    "The manifest {digest} has no list of layers.": "manifest {digest} 没有层列表。",
+    "The manifest {digest} lists {count} layers, more than the limit of {limit}.": "manifest {digest} 列出了 {count} 层，超过上限 {limit}。",
+    "The layer {digest} has an unsupported media type {media_type!r}.": "层 {digest} 的媒体类型 {media_type!r} 不受支持。",
+    "The index {index} points to another index {digest}; nested indexes are not supported.": "index {index} 指向另一个 index {digest}；不支持嵌套 index。",
+    "The config {digest} has no rootfs.diff_ids list.": "config {digest} 没有 rootfs.diff_ids 列表。",
+    "The config {digest} lists {diff_ids} layer diff IDs but the manifest lists {layers} layers.": "config {digest} 列出了 {diff_ids} 个层 diff ID，而 manifest 列出了 {layers} 层。",
+    "The config {digest} is not a JSON object.": "config {digest} 不是 JSON 对象。",
+    "The config {digest} is {size} bytes, more than the limit of {limit}.": "config {digest} 有 {size} 字节，超过上限 {limit}。",
+    "The image {image} is built for {actual} only, not for the requested {platform}.": "镜像 {image} 只为 {actual} 构建，不是所请求的 {platform}。",
+    "The finished blob {path} is damaged ({size} bytes, digest {actual}); downloading it again.": "已完成的 blob {path} 已损坏（{size} 字节，digest {actual}）；重新下载。",
+    "Blob {digest} is already downloaded and verified.": "blob {digest} 已下载并校验通过。",
+    "Blob {digest} downloaded and verified ({size} bytes).": "blob {digest} 已下载并校验通过（{size} 字节）。",
+    "Blob {digest} of {image} from {url} failed verification: got {size} bytes with digest {actual}, expected {expected_size} bytes.": "来自 {url} 的 {image} 的 blob {digest} 校验失败：收到 {size} 字节，digest 为 {actual}，应为 {expected_size} 字节。",
+    "{error} Downloading it once more from the start.": "{error} 从头再下载一次。",
+    "Resuming blob {digest} at byte {offset} of {size}.": "blob {digest} 从第 {offset} 字节续传（共 {size} 字节）。",
+    "{path} is longer ({length} bytes) than the blob ({size} bytes); starting it over.": "{path} 比 blob 更长（{length} 字节，blob 为 {size} 字节）；从头开始。",
+    "{phase} failed: asked for bytes from {offset} but got Content-Range {content_range!r}.": "{phase}失败：请求从第 {offset} 字节开始，却收到 Content-Range {content_range!r}。",
+    "{phase} failed: the registry answered 416 to a request for bytes from {offset}.": "{phase}失败：请求从第 {offset} 字节开始时 registry 返回 416。",
+    "{phase} failed: HTTP 206 to a request without Range.": "{phase}失败：未带 Range 的请求收到 HTTP 206。",
+    "{phase} failed: the connection closed after {offset} of {size} bytes.": "{phase}失败：连接在 {offset}/{size} 字节后关闭。",
+    "{phase} failed after {offset} of {size} bytes: {error}": "{phase}在 {offset}/{size} 字节后失败：{error}",
+    "{url} sent blob {digest} from byte 0 instead of byte {offset}; starting it over.": "{url} 从第 0 字节而不是第 {offset} 字节发送 blob {digest}；从头开始。",
+    "Blob {path} changed on disk after it was verified: got {count} bytes with digest {actual}, expected {digest}.": "blob {path} 在校验后被改动：读到 {count} 字节，digest 为 {actual}，应为 {digest}。",
+    "Wrote {archive}: {reference} {digest} ({platform}, {size} bytes).": "已写入 {archive}：{reference} {digest}（{platform}，{size} 字节）。",
+    "The registry {registry} answered 401 with no Bearer or Basic challenge (WWW-Authenticate: {header!r}).": "registry {registry} 返回 401，但没有 Bearer 或 Basic 认证质询（WWW-Authenticate: {header!r}）。",
+    "The registry {registry} named an invalid token realm {realm!r}.": "registry {registry} 给出的 token realm {realm!r} 无效。",
+    "Refusing to send credentials to the token service {realm} over plain HTTP.": "拒绝通过明文 HTTP 向 token 服务 {realm} 发送凭据。",
+    "The token service {realm} answered without a token.": "token 服务 {realm} 的响应中没有 token。",
+    "The token service {realm} rejected the request for {scope} as {user} (HTTP {status}).": "token 服务 {realm} 拒绝了 {user} 对 {scope} 的请求（HTTP {status}）。",
+    "Token for {scope} rejected or expired; authenticating again.": "{scope} 的 token 被拒绝或已过期；重新认证。",
+    "{phase} failed: TLS error from {url}: {error}": "{phase}失败：{url} 的 TLS 错误：{error}",
+    "{phase} failed: the registry {registry} rejected the new token too (HTTP 401 from {url}).": "{phase}失败：registry {registry} 也拒绝了新 token（{url} 返回 HTTP 401）。",
+    "{phase} failed: {method} {url}: {error}": "{phase}失败：{method} {url}：{error}",
+    "Interrupted; downloads so far are kept. Run the same command again to resume.": "已中断；已下载的内容会保留。重新运行同一命令即可续传。",
+    "Unexpected error: {error!r}.": "意外错误：{error!r}。",
+    # command line
+    "Pull container images from a registry into archives that docker load, podman load and ctr images import accept, without a Docker daemon.": "无需 Docker 守护进程，从 registry 拉取容器镜像，生成 docker load、podman load 和 ctr images import 都能导入的归档。",
+    "examples:\n  python docker_image_puller.py nginx:latest -t 12\n  python docker_image_puller.py registry.example.com:5000/team/app:v1 --platform linux/arm64 -d images\n  echo \"$TOKEN\" | python docker_image_puller.py -u alice --password-stdin ghcr.io/alice/app:1.0\n\nexit status: 0 success, 1 failure, 2 usage error, 130 interrupted (run the same command again to resume).": "示例：\n  python docker_image_puller.py nginx:latest -t 12\n  python docker_image_puller.py registry.example.com:5000/team/app:v1 --platform linux/arm64 -d images\n  echo \"$TOKEN\" | python docker_image_puller.py -u alice --password-stdin ghcr.io/alice/app:1.0\n\n退出码：0 成功，1 失败，2 用法错误，130 被中断（重新运行同一命令即可续传）。",
+    "image reference: [HOST[:PORT]/]NAME[:TAG][@sha256:DIGEST]; nginx means docker.io/library/nginx:latest": "镜像引用：[主机[:端口]/]名称[:标签][@sha256:DIGEST]；nginx 即 docker.io/library/nginx:latest",
+    "parallel downloads, 1 to 20 (default: 5)": "并发下载数，1 到 20（默认：5）",
+    "registry for references that name none (default: docker.io)": "未写明 registry 的镜像引用所用的 registry（默认：docker.io）",
+    "working folder for downloads, the log and archives (default: the current folder)": "存放下载内容、日志和归档的工作目录（默认：当前目录）",
+    "archive path (default: DIR/<repository with / as _>_<tag>.tar)": "归档路径（默认：DIR/<仓库名，/ 换成 _>_<标签>.tar）",
+    "platform to pull from a multi-platform image (default: $DOCKER_DEFAULT_PLATFORM or linux/amd64)": "从多平台镜像中拉取的平台（默认：$DOCKER_DEFAULT_PLATFORM 或 linux/amd64）",
+    "registry user name (or $DOCKER_IMAGE_PULLER_USERNAME)": "registry 用户名（或 $DOCKER_IMAGE_PULLER_USERNAME）",
+    "read the password or access token from standard input (or set $DOCKER_IMAGE_PULLER_PASSWORD)": "从标准输入读取密码或访问 token（或设置 $DOCKER_IMAGE_PULLER_PASSWORD）",
+    "password on the command line: insecure, other users can read it; prefer --password-stdin": "在命令行给出密码：不安全，其他用户可以看到；请优先用 --password-stdin",
+    "allow plain HTTP and skip TLS certificate checks for the registries of this run": "对本次运行的 registry 允许明文 HTTP 并跳过 TLS 证书校验",
+    "retries per request and per blob after network errors, 408, 429 and 5xx (default: 5)": "遇到网络错误、408、429 和 5xx 时，每个请求和每个 blob 的重试次数（默认：5）",
+    "first backoff before a retry, doubled on each retry up to 30 s, with jitter (default: 1)": "首次重试前的退避秒数，之后每次翻倍，最多 30 秒，带随机抖动（默认：1）",
+    "seconds without data before a connection is given up and retried (default: 60)": "连接多少秒没有数据即放弃并重试（默认：60）",
+    "print debug lines (one per request) and tracebacks": "输出调试信息（每个请求一行）和 traceback",
+    "print only errors: no progress bars, no messages": "只输出错误：不显示进度条和其他信息",
+    "language of messages (default: from LANG, LC_ALL or LANGUAGE)": "消息语言（默认：取自 LANG、LC_ALL 或 LANGUAGE）",
+    "A password was given without a user name; add -u USER.": "给出了密码但没有用户名；请加 -u 用户名。",
+    "No password for user {user}: pass it with --password-stdin or ${variable}; this tool never prompts.": "用户 {user} 没有密码：请用 --password-stdin 或 ${variable} 提供；本工具从不交互式提示。",
+    "Invalid --threads {value}: expected 1 to {maximum}.": "无效的 --threads {value}：应为 1 到 {maximum}。",
+    "Invalid --retry {value}: expected 0 or more.": "无效的 --retry {value}：应为 0 或更大。",
+    "Invalid --retry-delay or --timeout: expected a positive number of seconds.": "无效的 --retry-delay 或 --timeout：应为正数秒。",
+    "-o/--output names one archive, but {count} images were given; leave -o out to get one archive per image.": "-o/--output 只能指定一个归档，但给出了 {count} 个镜像；去掉 -o 即可每个镜像生成一个归档。",
+    "--password and --password-stdin exclude each other.": "--password 和 --password-stdin 不能同时使用。",
+    "WARNING! Using --password on the command line is insecure: other users can read it. Use --password-stdin.": "警告！在命令行使用 --password 不安全：其他用户可以看到。请使用 --password-stdin。",
+}
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+ENV_USERNAME = "DOCKER_IMAGE_PULLER_USERNAME"
+ENV_PASSWORD = "DOCKER_IMAGE_PULLER_PASSWORD"
+ENV_DEFAULT_PLATFORM = "DOCKER_DEFAULT_PLATFORM"
+SIGTERM_EXIT = 128 + 15
+
+
+class Terminated(BaseException):
+    """Raised in the main thread when SIGTERM arrives, to unwind like Ctrl-C."""
+
+
+def _translate_argparse(message: str) -> str:
+    return tr(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # argparse looks its own texts ("usage:", "error:") up through a module-level gettext
+    # function; routing it through tr() gives them a Chinese translation too.
+    argparse._ = _translate_argparse  # type: ignore[attr-defined]
+    parser = argparse.ArgumentParser(
+        prog="docker_image_puller.py",
+        description=tr("Pull container images from a registry into archives that docker load, podman load and ctr images import accept, without a Docker daemon."),
+        epilog=tr(
+            "examples:\n"
+            "  python docker_image_puller.py nginx:latest -t 12\n"
+            "  python docker_image_puller.py registry.example.com:5000/team/app:v1 --platform linux/arm64 -d images\n"
+            "  echo \"$TOKEN\" | python docker_image_puller.py -u alice --password-stdin ghcr.io/alice/app:1.0\n"
+            "\n"
+            "exit status: 0 success, 1 failure, 2 usage error, 130 interrupted (run the same command again to resume)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help=tr("image reference: [HOST[:PORT]/]NAME[:TAG][@sha256:DIGEST]; nginx means docker.io/library/nginx:latest"))
+    parser.add_argument("-t", "--threads", type=int, default=DEFAULT_THREADS, metavar="N", help=tr("parallel downloads, 1 to 20 (default: 5)"))
+    parser.add_argument("-r", "--registry", metavar="HOST[:PORT]", help=tr("registry for references that name none (default: docker.io)"))
+    parser.add_argument("-d", "--dir", default=".", metavar="DIR", help=tr("working folder for downloads, the log and archives (default: the current folder)"))
+    parser.add_argument("-o", "--output", metavar="FILE", help=tr("archive path (default: DIR/<repository with / as _>_<tag>.tar)"))
+    parser.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help=tr("platform to pull from a multi-platform image (default: $DOCKER_DEFAULT_PLATFORM or linux/amd64)"))
+    parser.add_argument("-u", "--username", metavar="USER", help=tr("registry user name (or $DOCKER_IMAGE_PULLER_USERNAME)"))
+    parser.add_argument("--password-stdin", action="store_true", help=tr("read the password or access token from standard input (or set $DOCKER_IMAGE_PULLER_PASSWORD)"))
+    parser.add_argument("-p", "--password", metavar="PASSWORD", help=tr("password on the command line: insecure, other users can read it; prefer --password-stdin"))
+    parser.add_argument("--insecure", action="store_true", help=tr("allow plain HTTP and skip TLS certificate checks for the registries of this run"))
+    parser.add_argument("--retry", type=int, default=DEFAULT_RETRIES, metavar="N", help=tr("retries per request and per blob after network errors, 408, 429 and 5xx (default: 5)"))
+    parser.add_argument("--retry-delay", type=float, default=DEFAULT_BACKOFF_BASE, metavar="SECONDS", help=tr("first backoff before a retry, doubled on each retry up to 30 s, with jitter (default: 1)"))
+    parser.add_argument("--timeout", type=float, default=DEFAULT_READ_TIMEOUT, metavar="SECONDS", help=tr("seconds without data before a connection is given up and retried (default: 60)"))
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("-v", "--verbose", action="store_true", help=tr("print debug lines (one per request) and tracebacks"))
+    output.add_argument("-q", "--quiet", action="store_true", help=tr("print only errors: no progress bars, no messages"))
+    parser.add_argument("--lang", choices=LANGUAGES, help=tr("language of messages (default: from LANG, LC_ALL or LANGUAGE)"))
+    parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
+    return parser
+
+
+def language_from_argv(argv: Sequence[str]) -> Optional[str]:
+    """Find --lang before parsing, so that help and parse errors use it too."""
+    for position, argument in enumerate(argv):
+        if argument.startswith("--lang="):
+            return argument.split("=", 1)[1]
+        if argument == "--lang" and position + 1 < len(argv):
+            return argv[position + 1]
+    return None
+
+
+def read_credentials(args: argparse.Namespace, stdin) -> Optional[Credentials]:
+    username = args.username or os.environ.get(ENV_USERNAME)
+    password = None
+    if args.password_stdin:
+        if args.password:
+            raise UsageError(Text("--password and --password-stdin exclude each other."))
+        password = stdin.read().rstrip("\r\n")
+    elif args.password:
+        LOGGER.warning(Text("WARNING! Using --password on the command line is insecure: other users can read it. Use --password-stdin."))
+        password = args.password
+    elif os.environ.get(ENV_PASSWORD):
+        password = os.environ[ENV_PASSWORD]
+    if password is None and username is None:
+        return None
+    if not username:
+        raise UsageError(Text("A password was given without a user name; add -u USER."))
+    if not password:
+        raise UsageError(Text("No password for user {user}: pass it with --password-stdin or ${variable}; this tool never prompts.", user=username, variable=ENV_PASSWORD))
+    return Credentials(username, password)
+
+
+def settings_from_args(args: argparse.Namespace, references: Sequence[Reference], stdin) -> PullSettings:
+    if not 1 <= args.threads <= MAX_THREADS:
+        raise UsageError(Text("Invalid --threads {value}: expected 1 to {maximum}.", value=args.threads, maximum=MAX_THREADS))
+    if args.retry < 0:
+        raise UsageError(Text("Invalid --retry {value}: expected 0 or more.", value=args.retry))
+    if args.retry_delay < 0 or args.timeout <= 0:
+        raise UsageError(Text("Invalid --retry-delay or --timeout: expected a positive number of seconds."))
+    if args.output and len(references) > 1:
+        raise UsageError(Text("-o/--output names one archive, but {count} images were given; leave -o out to get one archive per image.", count=len(references)))
+    platform_text = args.platform or os.environ.get(ENV_DEFAULT_PLATFORM)
+    platform = parse_platform(platform_text or DEFAULT_PLATFORM)
+    insecure = frozenset(r.api_host for r in references) if args.insecure else frozenset()
+    network = NetworkOptions(
+        retries=args.retry, backoff_base=args.retry_delay, read_timeout=args.timeout,
+        connect_timeout=min(DEFAULT_CONNECT_TIMEOUT, args.timeout), insecure_registries=insecure,
+    )
+    return PullSettings(
+        directory=args.dir, output=args.output, platform=platform, platform_explicit=bool(platform_text),
+        threads=args.threads, network=network, credentials=read_credentials(args, stdin),
+        show_progress=not args.quiet and sys.stderr.isatty(),
+    )
+
+
+def print_error(error: PullerError) -> None:
+    print("docker_image_puller.py: " + Text("error: {message}", message=error.render()).render(), file=sys.stderr)
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; return the exit status. The only place errors become messages."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    set_language(language_from_argv(argv) or detect_language())
+    args = build_parser().parse_args(argv)
+
+    try:
+        default_registry = parse_registry(args.registry) if args.registry else DOCKER_HUB
+        references = [parse_reference(text, default_registry) for text in args.images]
+        settings = settings_from_args(args, references, sys.stdin)
+        os.makedirs(settings.directory, exist_ok=True)
+    except PullerError as error:
+        print_error(error)
+        return error.exit_code
+    except OSError as error:
+        print_error(local_error(Text("Creating the working folder"), args.dir, error))
+        return EXIT_FAILURE
+
+    handlers = setup_logging(settings.directory, args.verbose, args.quiet)
+    cancel = threading.Event()
+    previous_sigterm = None
+    if threading.current_thread() is threading.main_thread():
+        previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+    LOGGER.info(Text("docker-image-puller {version} started.", version=__version__))
+    try:
+        with logging_redirect_tqdm(loggers=[LOGGER]):
+            for reference in references:
+                result = pull_image(reference, settings, cancel)
+                if not args.quiet:
+                    print(result.archive)
+        return EXIT_OK
+    except (KeyboardInterrupt, Terminated, Cancelled) as interruption:
+        cancel.set()
+        LOGGER.error(Text("Interrupted; downloads so far are kept. Run the same command again to resume."))
+        return SIGTERM_EXIT if isinstance(interruption, Terminated) else EXIT_INTERRUPTED
+    except PullerError as error:
+        cancel.set()
+        LOGGER.error(error.render("en"), exc_info=args.verbose, extra=FILE_ONLY)
+        if args.verbose:
+            traceback.print_exc()
+        print_error(error)
+        return error.exit_code
+    except Exception as error:  # a bug: say so, and keep the traceback in the log
+        cancel.set()
+        LOGGER.error("Unexpected error", exc_info=True, extra=FILE_ONLY)
+        if args.verbose:
+            traceback.print_exc()
+        print_error(PullerError(Text("Unexpected error: {error!r}.", error=error), Text("Run with -v for the traceback, and report it with the log {log}.", log=os.path.join(settings.directory, LOG_FILE_NAME))))
+        return EXIT_FAILURE
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+        remove_logging(handlers)
+
+
+if __name__ == "__main__":
+    status = main()
+    if any(thread.name.startswith("blob") and thread.is_alive() for thread in threading.enumerate()):
+        # A download worker is still blocked in a socket read after an interruption.
+        # Its .part file is consistent (a rerun re-hashes it), so exit without joining it.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
