@@ -1,0 +1,294 @@
+"""End to end against CNCF distribution (Debian's docker-registry), validated with skopeo and podman.
+
+Each test runs docker_image_puller.py as a separate process, as users do, and checks the
+archive against what was pushed and against what skopeo reports for the same image.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+import docker_image_puller as dip
+from cli import run_puller, start_puller
+from realregistry import Credentials, skopeo_copy, skopeo_inspect, skopeo_inspect_archive
+from relay import ThrottlingRelay
+
+
+def read_member(archive: Path, name: str) -> bytes:
+    with tarfile.open(archive) as tar:
+        return tar.extractfile(name).read()
+
+
+def archive_digests(archive: Path) -> dict:
+    """Map each blob member of the archive to the sha256 of its bytes."""
+    digests = {}
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            if member.isfile() and member.name.startswith("blobs/"):
+                digests[member.name] = "sha256:" + hashlib.sha256(tar.extractfile(member).read()).hexdigest()
+    return digests
+
+
+def check_archive_matches_push(archive: Path, pushed: dict, repo_tag: str) -> None:
+    manifest_json = json.loads(read_member(archive, "manifest.json"))
+    assert len(manifest_json) == 1
+    assert manifest_json[0]["RepoTags"] == [repo_tag]
+    assert manifest_json[0]["Config"] == "blobs/sha256/" + pushed["config_digest"].split(":")[1]
+    assert manifest_json[0]["Layers"] == ["blobs/sha256/" + d.split(":")[1] for d in pushed["layer_digests"]]
+    for name, digest in archive_digests(archive).items():
+        assert name == "blobs/sha256/" + digest.split(":")[1], "archive member %s holds other bytes" % name
+    index = json.loads(read_member(archive, "index.json"))
+    assert index["manifests"][0]["digest"] == pushed["manifest_digest"]
+    assert read_member(archive, "blobs/sha256/" + pushed["manifest_digest"].split(":")[1]) == pushed["manifest_bytes"]
+    assert json.loads(read_member(archive, "oci-layout")) == {"imageLayoutVersion": "1.0.0"}
+
+
+@pytest.mark.parametrize("image", ["test/single:v1", "test/oci:v1"])
+def test_pull_matches_registry_and_skopeo(real_registry, tmp_path, image):
+    pushed = real_registry.images[image]
+    reference = "%s/%s" % (real_registry.host, image)
+    result = run_puller([reference, "-d", str(tmp_path), "-q"])
+    assert result.returncode == 0, result.stderr
+    archive = tmp_path / (image.replace("/", "_").replace(":", "_") + ".tar")
+    assert archive.is_file()
+    check_archive_matches_push(archive, pushed, reference)
+
+    # skopeo sees the same config and layers in the archive as in the registry.
+    registry_view = skopeo_inspect(reference)
+    assert registry_view["Layers"] == pushed["layer_digests"]
+    config_bytes = skopeo_inspect_archive(archive, raw=True, config=True)
+    assert "sha256:" + hashlib.sha256(config_bytes).hexdigest() == pushed["config_digest"]
+    assert skopeo_inspect_archive(archive)["Layers"] == pushed["diff_ids"]
+    # Both copies read every layer byte and fail on a digest mismatch.
+    skopeo_copy("docker-archive:%s" % archive, "oci:%s" % (tmp_path / "from-docker-archive"))
+    skopeo_copy("oci-archive:%s" % archive, "oci:%s" % (tmp_path / "from-oci-archive"))
+    oci_index = json.loads((tmp_path / "from-oci-archive" / "index.json").read_text())
+    oci_manifest_digest = oci_index["manifests"][0]["digest"].split(":")[1]
+    oci_manifest = json.loads((tmp_path / "from-oci-archive" / "blobs" / "sha256" / oci_manifest_digest).read_text())
+    assert [layer["digest"] for layer in oci_manifest["layers"]] == pushed["layer_digests"]
+
+
+def test_working_folder_layout(real_registry, tmp_path):
+    pushed = real_registry.images["test/single:v1"]
+    result = run_puller(["%s/test/single:v1" % real_registry.host, "-d", str(tmp_path), "-q"])
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "test_single_layers"
+    for digest in [pushed["config_digest"]] + pushed["layer_digests"]:
+        blob_folder = folder / digest.replace(":", "_")
+        meta = json.loads((blob_folder / "meta.json").read_text())
+        assert meta["digest"] == digest
+        assert meta["state"] == "complete"
+        assert meta["source"] == "%s/test/single:v1" % real_registry.host
+        assert "sha256:" + hashlib.sha256((blob_folder / "blob").read_bytes()).hexdigest() == digest
+    assert not list(tmp_path.rglob("*.part"))
+    assert not [p for p in tmp_path.rglob("*") if ":" in p.name]
+    log = (tmp_path / "docker_puller.log").read_text()
+    assert "Resolved" in log and pushed["manifest_digest"] in log
+
+
+@pytest.mark.parametrize(
+    "platform, key",
+    [(None, "linux/amd64"), ("linux/arm64", "linux/arm64/v8"), ("linux/arm", "linux/arm/v7"), ("linux/arm/v7", "linux/arm/v7")],
+)
+def test_index_platform_choice(real_registry, tmp_path, platform, key):
+    pushed = real_registry.images["test/multi:v1"]
+    arguments = ["%s/test/multi:v1" % real_registry.host, "-d", str(tmp_path), "-q"]
+    if platform:
+        arguments += ["--platform", platform]
+    result = run_puller(arguments)
+    assert result.returncode == 0, result.stderr
+    archive = tmp_path / "test_multi_v1.tar"
+    index = json.loads(read_member(archive, "index.json"))
+    assert index["manifests"][0]["digest"] == pushed["platform_digests"][key]
+    config = json.loads(read_member(archive, json.loads(read_member(archive, "manifest.json"))[0]["Config"]))
+    assert "%s/%s" % (config["os"], config["architecture"]) == "/".join(key.split("/")[:2])
+
+
+def test_index_platform_from_environment(real_registry, tmp_path):
+    pushed = real_registry.images["test/multi:v1"]
+    result = run_puller(["%s/test/multi:v1" % real_registry.host, "-d", str(tmp_path), "-q"], env={"DOCKER_DEFAULT_PLATFORM": "linux/arm64"})
+    assert result.returncode == 0, result.stderr
+    index = json.loads(read_member(tmp_path / "test_multi_v1.tar", "index.json"))
+    assert index["manifests"][0]["digest"] == pushed["platform_digests"]["linux/arm64/v8"]
+
+
+def test_index_missing_platform_lists_offers(real_registry, tmp_path):
+    result = run_puller(["%s/test/multi:v1" % real_registry.host, "-d", str(tmp_path), "--platform", "linux/s390x"])
+    assert result.returncode == 1
+    assert "linux/s390x" in result.stderr
+    assert "linux/arm64/v8" in result.stderr and "linux/amd64" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("*.tar"))
+
+
+def test_single_image_wrong_platform_fails(real_registry, tmp_path):
+    result = run_puller(["%s/test/single:v1" % real_registry.host, "-d", str(tmp_path), "--platform", "linux/arm64"])
+    assert result.returncode == 1
+    assert "linux/amd64" in result.stderr and "linux/arm64" in result.stderr
+    assert not list(tmp_path.glob("*.tar"))
+
+
+def test_pull_by_digest_untagged(real_registry, tmp_path):
+    pushed = real_registry.images["test/single:v1"]
+    reference = "%s/test/single@%s" % (real_registry.host, pushed["manifest_digest"])
+    result = run_puller([reference, "-d", str(tmp_path), "-q"])
+    assert result.returncode == 0, result.stderr
+    archive = tmp_path / ("test_single_sha256_%s.tar" % pushed["manifest_digest"].split(":")[1])
+    assert json.loads(read_member(archive, "manifest.json"))[0]["RepoTags"] is None
+    annotations = json.loads(read_member(archive, "index.json"))["manifests"][0]["annotations"]
+    assert annotations["io.containerd.image.name"] == reference
+    assert "org.opencontainers.image.ref.name" not in annotations
+
+
+def test_tag_and_digest_keeps_tag(real_registry, tmp_path):
+    pushed = real_registry.images["test/oci:v1"]
+    reference = "%s/test/oci:v1@%s" % (real_registry.host, pushed["manifest_digest"])
+    output = tmp_path / "named.tar"
+    result = run_puller([reference, "-d", str(tmp_path), "-o", str(output), "-q"])
+    assert result.returncode == 0, result.stderr
+    assert json.loads(read_member(output, "manifest.json"))[0]["RepoTags"] == ["%s/test/oci:v1" % real_registry.host]
+
+
+def test_unknown_tag_names_image_and_status(real_registry, tmp_path):
+    result = run_puller(["%s/test/single:nope" % real_registry.host, "-d", str(tmp_path)])
+    assert result.returncode == 1
+    line = result.stderr.strip().splitlines()[-1]
+    assert "test/single" in line and "nope" in line
+    assert "404" in line and "MANIFEST_UNKNOWN" in line
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "test_single_layers").exists()
+
+
+def test_podman_load_names_image(real_registry, tmp_path):
+    if shutil.which("podman") is None:
+        pytest.skip("podman not installed: apt-get install podman")
+    if os.geteuid() != 0:
+        pytest.skip("podman load into a private store needs root here")
+    reference = "%s/test/single:v1" % real_registry.host
+    result = run_puller([reference, "-d", str(tmp_path), "-q"])
+    assert result.returncode == 0, result.stderr
+    archive = tmp_path / "test_single_v1.tar"
+
+    # The same blobs under Docker Hub names: the archive must keep the namespace.
+    image = dip.ImageManifest(
+        dip.FetchedManifest(read_member(archive, "blobs/sha256/" + real_registry.images["test/single:v1"]["manifest_digest"].split(":")[1]), real_registry.images["test/single:v1"]["manifest_digest"], dip.MEDIA_DOCKER_MANIFEST, {}),
+        dip.Descriptor(dip.MEDIA_DOCKER_CONFIG, real_registry.images["test/single:v1"]["config_digest"], 0),
+        [dip.Descriptor("application/vnd.docker.image.rootfs.diff.tar.gzip", d, 0) for d in real_registry.images["test/single:v1"]["layer_digests"]],
+    )
+    folder = tmp_path / "test_single_layers"
+    paths = {p.parent.name.replace("_", ":", 1): str(p) for p in folder.glob("*/blob")}
+    image.config = dip.Descriptor(image.config.media_type, image.config.digest, os.path.getsize(paths[image.config.digest]))
+    image.layers = [dip.Descriptor(l.media_type, l.digest, os.path.getsize(paths[l.digest])) for l in image.layers]
+    hub_archives = {}
+    for name in ("nginx:latest", "someuser/app:v1"):
+        hub_archives[name] = tmp_path / (name.replace("/", "_").replace(":", "_") + ".tar")
+        dip.write_archive(str(hub_archives[name]), dip.parse_reference(name), image, paths, dip.threading.Event())
+
+    expected = {archive: "%s/test/single:v1" % real_registry.host,
+                hub_archives["nginx:latest"]: "docker.io/library/nginx:latest",
+                hub_archives["someuser/app:v1"]: "docker.io/someuser/app:v1"}
+    for path, name in expected.items():
+        # podman refuses a runroot path longer than 50 characters, so it lives in /tmp.
+        runroot = tempfile.mkdtemp(prefix="dip-podman-")
+        try:
+            command = ["podman", "--root", str(tmp_path / ("store-" + path.stem)), "--runroot", runroot, "--storage-driver", "vfs"]
+            loaded = subprocess.run(command + ["load", "-i", str(path)], capture_output=True, text=True, timeout=300)
+            assert loaded.returncode == 0, loaded.stderr
+            listed = subprocess.run(command + ["images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True, timeout=60)
+            assert listed.stdout.split() == [name]
+        finally:
+            shutil.rmtree(runroot, ignore_errors=True)
+
+
+def test_private_registry_needs_credentials(private_token_registry, tmp_path):
+    reference = "%s/test/single:v1" % private_token_registry.host
+    anonymous = run_puller([reference, "-d", str(tmp_path / "anonymous")])
+    assert anonymous.returncode == 1
+    assert "401" in anonymous.stderr or "UNAUTHORIZED" in anonymous.stderr
+    assert "-u" in anonymous.stderr
+
+    wrong = run_puller([reference, "-d", str(tmp_path / "wrong"), "-u", "alice", "--password-stdin"], stdin="not-the-password\n")
+    assert wrong.returncode == 1
+    assert "alice" in wrong.stderr
+    assert "not-the-password" not in wrong.stderr
+
+    right = run_puller([reference, "-d", str(tmp_path / "right"), "-u", "alice", "--password-stdin", "-v"], stdin="secret\n")
+    assert right.returncode == 0, right.stderr
+    check_archive_matches_push(tmp_path / "right" / "test_single_v1.tar", private_token_registry.images["test/single:v1"], reference)
+    for text in (right.stderr, (tmp_path / "right" / "docker_puller.log").read_text()):
+        assert "secret" not in text
+        assert "Bearer " not in text and "Basic " not in text
+
+
+def test_expiring_tokens_on_slow_link(token_registry, tmp_path):
+    """Tokens live 3 s and the big layer takes about 5 s: later requests need new tokens."""
+    pushed = token_registry.images["test/big:v1"]
+    host, port = token_registry.host.split(":")
+    relay = ThrottlingRelay((host, int(port)), rate=20e6)
+    try:
+        before = token_registry.token_requests
+        reference = "%s/test/big:v1" % relay.host
+        result = run_puller([reference, "-d", str(tmp_path), "-t", "1", "-v"])
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert token_registry.token_requests - before >= 2
+        check_archive_matches_push(tmp_path / "test_big_v1.tar", pushed, reference)
+    finally:
+        relay.close()
+
+
+def _wait_for_part(folder: Path, minimum: int, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for part in folder.rglob("blob.part"):
+            try:
+                if part.stat().st_size >= minimum:
+                    return
+            except FileNotFoundError:
+                pass
+        assert process.poll() is None, "the puller ended before it could be killed: %s" % process.stderr.read()
+        time.sleep(0.05)
+    raise AssertionError("no .part file reached %d bytes in %.0f s" % (minimum, timeout))
+
+
+def test_kill_and_rerun_resumes_identically(real_registry_big, tmp_path):
+    pushed = real_registry_big.images["test/big:v1"]
+    big_size = max(layer.size for layer in pushed["layers"])
+    host, port = real_registry_big.host.split(":")
+    relay = ThrottlingRelay((host, int(port)), rate=25e6)
+    try:
+        reference = "%s/test/big:v1" % relay.host
+        killed = tmp_path / "killed"
+        process = start_puller([reference, "-d", str(killed), "-q"])
+        _wait_for_part(killed, 20 * 1024 * 1024, process)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        kept = max(part.stat().st_size for part in killed.rglob("blob.part"))
+        assert not list(killed.glob("*.tar"))
+
+        relay.rate = 1e12
+        relay.reset_count()
+        rerun = run_puller([reference, "-d", str(killed)])
+        assert rerun.returncode == 0, rerun.stderr
+        assert "Resuming blob" in (killed / "docker_puller.log").read_text()
+        # Only what was missing crossed the link again (plus headers and small blobs).
+        assert relay.bytes_to_client < big_size - kept + 512 * 1024
+
+        clean = tmp_path / "clean"
+        assert run_puller([reference, "-d", str(clean), "-q"]).returncode == 0
+        assert (killed / "test_big_v1.tar").read_bytes() == (clean / "test_big_v1.tar").read_bytes()
+
+        relay.reset_count()
+        again = run_puller([reference, "-d", str(killed), "-q"])
+        assert again.returncode == 0
+        assert relay.bytes_to_client < 64 * 1024, "a rerun downloaded verified blobs again"
+    finally:
+        relay.close()
