@@ -101,7 +101,8 @@ MAX_INDEX_ENTRIES = 1024
 MAX_LAYERS = 1024  # the overlay driver of Docker stacks at most 125, containerd at most 128
 MAX_BLOB_SIZE = 1 << 40  # 1 TiB: any larger size in a manifest is treated as hostile
 
-CHUNK_SIZE = 1024 * 1024  # bytes per read from the socket and per write to disk
+CHUNK_SIZE = 1024 * 1024  # the most bytes read from the socket and written to disk at once
+FALLBACK_CHUNK_SIZE = 128 * 1024  # read size for urllib3 before 2.2, which waits for full reads
 ARCHIVE_BUFFER_SIZE = 4 * 1024 * 1024
 
 DEFAULT_THREADS = 5
@@ -436,6 +437,8 @@ def parse_reference(text: str, default_registry: str = DOCKER_HUB) -> Reference:
 
     first, _, rest = text.partition("/")
     if rest and ("." in first or ":" in first or first == "localhost" or first.lower() != first):
+        if not _DOMAIN_RE.fullmatch(first):
+            raise InvalidReferenceError(Text("Invalid image reference {value!r}: {registry!r} is not a valid registry HOST[:PORT]; write references without a scheme such as https://.", value=original, registry=first))
         registry = parse_registry(first)
         path = rest
     else:
@@ -581,7 +584,7 @@ _SCHEME_RE = re.compile(_TOKEN_CHARS)
 # An auth-param: a token, "=", then a quoted string or (leniently, since some registries
 # do not quote URLs) any run of characters up to the next comma or blank.
 _AUTH_PARAM_RE = re.compile(
-    r"(%s)[ \t]*=[ \t]*(?:\"((?:[^\"\\]|\\.)*)\"|([^ \t,\"]+))" % _TOKEN_CHARS
+    r"(%s)[ \t]*=[ \t]*(?:\"((?:[^\"\\]|\\.)*)\"|([^ \t,\"=][^ \t,\"]*))" % _TOKEN_CHARS
 )
 _TOKEN68_RE = re.compile(r"[A-Za-z0-9._~+/-]+=*(?=[ \t]*(?:,|$))")
 _SEPARATORS_RE = re.compile(r"[ \t,]*")
@@ -1534,7 +1537,7 @@ class BlobDownloader:
         """
         cancel = self.client.cancel
         try:
-            for chunk in response.raw.stream(CHUNK_SIZE, decode_content=False):
+            for chunk in iter_raw_body(response):
                 if cancel.is_set():
                     raise Cancelled()
                 room = descriptor.size - part.offset
@@ -1554,6 +1557,24 @@ class BlobDownloader:
                 Text("{phase} failed: the connection closed after {offset} of {size} bytes.", phase=phase, offset=part.offset, size=descriptor.size),
                 NETWORK_HINT, url=response.url,
             )
+
+
+def iter_raw_body(response: requests.Response) -> Iterator[bytes]:
+    """Yield the body as received, without undoing a Content-Encoding.
+
+    urllib3 2.2 and later offer read1(), which returns what has arrived instead of
+    waiting for a full chunk; a connection that breaks then loses almost nothing, since
+    urllib3 drops the bytes of a read that fails. Older urllib3 gets smaller reads.
+    """
+    raw = response.raw
+    if hasattr(raw, "read1"):
+        while True:
+            chunk = raw.read1(CHUNK_SIZE, decode_content=False)
+            if not chunk:
+                return
+            yield chunk
+    else:
+        yield from raw.stream(FALLBACK_CHUNK_SIZE, decode_content=False)
 
 
 class WrongRangeError(RegistryError):
@@ -2055,6 +2076,7 @@ ZH_MESSAGES = {
     "Invalid {what} {value!r}: expected sha256:<64 hex digits> or sha512:<128 hex digits>.": "无效的 {what} {value!r}：应为 sha256:<64 位十六进制> 或 sha512:<128 位十六进制>。",
     "Invalid registry {value!r}: expected HOST or HOST:PORT, without a scheme or path.": "无效的 registry {value!r}：应为 主机 或 主机:端口，不带协议和路径。",
     "Invalid image reference {value!r}: it is empty or has surrounding spaces.": "无效的镜像引用 {value!r}：为空或首尾有空格。",
+    "Invalid image reference {value!r}: {registry!r} is not a valid registry HOST[:PORT]; write references without a scheme such as https://.": "无效的镜像引用 {value!r}：{registry!r} 不是有效的 registry 主机[:端口]；镜像引用不要带 https:// 之类的协议前缀。",
     "Invalid image reference {value!r}: the repository name is empty.": "无效的镜像引用 {value!r}：仓库名为空。",
     "Invalid image reference {value!r}: repository names must be lowercase.": "无效的镜像引用 {value!r}：仓库名必须是小写。",
     "Invalid image reference {value!r}: each part of the repository name must be lowercase letters and digits, separated by '.', '_', '__' or '-', and parts are separated by '/'.": "无效的镜像引用 {value!r}：仓库名的每一段只能由小写字母和数字组成，可用 '.'、'_'、'__' 或 '-' 连接，段与段之间用 '/' 分隔。",
