@@ -50,7 +50,6 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import requests
 import urllib3
 from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 __version__ = "1.0.0"
 
@@ -76,7 +75,7 @@ MEDIA_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 IMAGE_MANIFEST_TYPES = (MEDIA_DOCKER_MANIFEST, MEDIA_OCI_MANIFEST)
 INDEX_TYPES = (MEDIA_DOCKER_MANIFEST_LIST, MEDIA_OCI_INDEX)
 SCHEMA1_TYPES = (MEDIA_DOCKER_SCHEMA1, MEDIA_DOCKER_SCHEMA1_SIGNED)
-# Distribution 2.8 answers 404 for OCI content unless the OCI types are accepted, and
+# Distribution 2.8 returns 404 for OCI content unless the OCI types are accepted, and
 # rewrites Docker manifests to schema 1 unless the Docker types are.
 MANIFEST_ACCEPT = ", ".join(
     [MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST_LIST, MEDIA_DOCKER_MANIFEST]
@@ -98,10 +97,10 @@ MAX_CONFIG_BYTES = 16 * 1024 * 1024
 MAX_TOKEN_BYTES = 1024 * 1024
 MAX_ERROR_BODY_BYTES = 64 * 1024
 MAX_INDEX_ENTRIES = 1024
-MAX_LAYERS = 1024  # the overlay driver of Docker stacks at most 125, containerd at most 128
+MAX_LAYERS = 1024  # far more than any runtime can stack; a longer list is treated as hostile
 MAX_BLOB_SIZE = 1 << 40  # 1 TiB: any larger size in a manifest is treated as hostile
 
-CHUNK_SIZE = 1024 * 1024  # the most bytes read from the socket and written to disk at once
+CHUNK_SIZE = 1024 * 1024  # maximum bytes read from the socket and written to disk at once
 FALLBACK_CHUNK_SIZE = 128 * 1024  # read size for urllib3 before 2.2, which waits for full reads
 ARCHIVE_BUFFER_SIZE = 4 * 1024 * 1024
 
@@ -116,7 +115,7 @@ DEFAULT_BACKOFF_BASE = 1.0
 MAX_BACKOFF = 30.0
 MAX_RETRY_AFTER = 60.0  # a registry's Retry-After is honoured up to this many seconds
 MAX_REDIRECTS = 10
-DEFAULT_TOKEN_TTL = 60  # seconds; the token spec's default when expires_in is missing
+DEFAULT_TOKEN_TTL = 60  # seconds, the token spec's default when expires_in is missing
 # A token is renewed this early before its expiry (a tenth of its lifetime, at most 10 s),
 # so that a request does not leave with a token that expires on the way.
 TOKEN_RENEW_FRACTION = 0.1
@@ -210,7 +209,8 @@ class PullerError(Exception):
     def render(self, language: Optional[str] = None) -> str:
         text = self.message.render(language)
         if self.hint is not None:
-            text += " " + self.hint.render(language)
+            separator = "" if (language or _language) == "zh" else " "
+            text += separator + self.hint.render(language)
         return text
 
 
@@ -396,7 +396,7 @@ class Reference:
         return Reference(self.registry, self.repository, self.tag, digest)
 
     def file_stem(self) -> str:
-        """A file name stem with no "/" or ":": library_nginx_latest, team_app_sha256_<hex>."""
+        """Return a file name stem without "/" or ":", e.g. library_nginx_latest or team_app_sha256_<hex>."""
         stem = self.repository.replace("/", "_")
         if self.tag:
             return "%s_%s" % (stem, self.tag)
@@ -413,10 +413,10 @@ def parse_registry(text: str) -> str:
 def parse_reference(text: str, default_registry: str = DOCKER_HUB) -> Reference:
     """Parse an image reference as ``docker pull`` does.
 
-    ``nginx`` means docker.io/library/nginx:latest; a first component that contains "."
-    or ":", has upper case, or is "localhost" names the registry; otherwise the image
-    lives on ``default_registry``. A reference with a tag and a digest pulls the digest
-    and keeps the tag as the name.
+    ``nginx`` means docker.io/library/nginx:latest. A first component that contains "."
+    or ":", has upper case, or is "localhost" names the registry. Otherwise the image is
+    on ``default_registry``. A reference with a tag and a digest pulls the digest and
+    keeps the tag as the name.
     """
     original = text
     if not text or text != text.strip():
@@ -806,7 +806,7 @@ def split_host(netloc: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """Drop user info and the query, which for storage redirects holds a signature."""
+    """Drop user info and the query, because the query of a storage redirect contains a signature."""
     parts = urllib.parse.urlsplit(url)
     netloc = parts.netloc.rsplit("@", 1)[-1]
     query = "…" if parts.query else ""
@@ -934,10 +934,10 @@ def parse_error_body(body: bytes) -> Tuple[List[str], str]:
 class RegistryClient:
     """HTTP access to one registry for one repository.
 
-    Requests go through ``send_with_retries``, which keeps three recoveries apart:
-    redirects (the Authorization header never leaves the host it was meant for),
-    re-authentication (once per 401, from that 401's own challenge), and retries with
-    backoff (connection errors and the statuses in RETRY_STATUSES).
+    Requests go through ``send_with_retries``, which keeps three recoveries apart.
+    Redirects are followed by hand, and the Authorization header never leaves the host
+    it was meant for. A 401 gets one re-authentication from that 401's own challenge.
+    Connection errors and the statuses in RETRY_STATUSES are retried with backoff.
     """
 
     def __init__(self, reference: Reference, options: NetworkOptions, credentials: Optional[Credentials], cancel: threading.Event) -> None:
@@ -1028,8 +1028,8 @@ class RegistryClient:
     ) -> requests.Response:
         """Send a request until it succeeds, and return the streaming response (2xx or accepted).
 
-        ``registry_auth`` adds the registry's Authorization and answers a 401 from the
-        registry with one re-authentication; a second 401 in a row is final.
+        ``registry_auth`` adds the registry's Authorization and handles a 401 from the
+        registry with one re-authentication. A second 401 in a row is final.
         """
         retry = retry or self.new_retry_budget()
         reauthenticated = False
@@ -1044,13 +1044,13 @@ class RegistryClient:
                 response = self._send_once(method, url, send_headers)
             except requests.exceptions.SSLError as error:
                 raise RegistryError(
-                    Text("{phase} failed: TLS error from {url}: {error}", phase=phase, url=redact_url(url), error=error),
+                    Text("{phase} failed: TLS error from {url}: {error}.", phase=phase, url=redact_url(url), error=error),
                     Text("Check the registry's certificate; for a registry you trust on your own network, add --insecure."),
                     url=url, retryable=False,
                 ) from error
             except TRANSIENT_ERRORS as error:
                 retry.wait_or_raise(RegistryError(
-                    Text("{phase} failed: {method} {url}: {error}", phase=phase, method=method, url=redact_url(url), error=short_error(error)),
+                    Text("{phase} failed: {method} {url}: {error}.", phase=phase, method=method, url=redact_url(url), error=short_error(error)),
                     NETWORK_HINT, url=url,
                 ))
                 continue
@@ -1148,12 +1148,16 @@ class RegistryClient:
 
 
 def short_error(error: BaseException) -> str:
-    """Describe a transport exception in one line, without the nested repr chains of urllib3."""
+    """Describe a transport exception in one line, without urllib3's nested reprs."""
     text = str(error)
-    match = re.search(r"\(Caused by (\w+)\('?(?:<[^>]*>: )?(.*?)'?\)\)?$", text)
-    if match:
-        text = "%s: %s" % (match.group(1), match.group(2))
-    return "%s (%s)" % (text[:300], type(error).__name__) if text else type(error).__name__
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if errno:
+        return errno.group(1).strip()
+    for phrase in ("Read timed out", "Connection broken", "IncompleteRead", "Connection aborted"):
+        if phrase in text:
+            found = re.search(re.escape(phrase) + r"[^'\"]*", text)
+            return found.group(0).rstrip(" .,:(") if found else phrase
+    return text[:300] or type(error).__name__
 
 
 # ---------------------------------------------------------------------------
@@ -1315,8 +1319,8 @@ def resolve_image(client: RegistryClient, platform: Platform) -> ImageManifest:
 def check_config(config: dict, image: ImageManifest, requested: Optional[Platform]) -> Platform:
     """Check the image config against the manifest; return the image's platform.
 
-    ``requested`` is the platform the user asked for explicitly; a single-platform image
-    built for another platform is then an error rather than a surprise at run time.
+    ``requested`` is the platform the user asked for explicitly. A single-platform image
+    built for another platform is then an error, not a surprise at run time.
     """
     rootfs = config.get("rootfs")
     diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
@@ -1385,7 +1389,7 @@ def hash_file(path: str, algorithm: str, limit: Optional[int] = None) -> Tuple["
 
 def local_error(action: Text, path: str, error: OSError) -> LocalFileError:
     return LocalFileError(
-        Text("{action} {path} failed: {error}", action=action, path=path, error=error.strerror or error),
+        Text("{action} {path} failed: {error}.", action=action, path=path, error=error.strerror or error),
         Text("Free disk space or fix the folder's permissions, then run the same command again; verified downloads are kept."),
     )
 
@@ -1393,7 +1397,7 @@ def local_error(action: Text, path: str, error: OSError) -> LocalFileError:
 class BlobStore:
     """The working folder of one repository.
 
-    DIR/<repository with / as _>_layers/<algorithm>_<hex>/ holds ``blob`` once it is
+    DIR/<repository with / as _>_layers/<algorithm>_<hex>/ contains ``blob`` once it is
     verified, ``blob.part`` while it downloads, and ``meta.json``.
     """
 
@@ -1458,7 +1462,7 @@ class BlobDownloader:
             os.makedirs(folder, exist_ok=True)
             finished = self.store.verified_blob(descriptor)
             if finished is not None:
-                LOGGER.info(Text("Blob {digest} is already downloaded and verified.", digest=descriptor.digest))
+                LOGGER.info(Text("Blob {digest} is already downloaded and verified.", digest=descriptor.digest), extra=FILE_ONLY)
                 self.progress.blob_cached(descriptor)
                 return finished
             self.store.write_meta(descriptor, "downloading")
@@ -1485,7 +1489,7 @@ class BlobDownloader:
             self.store.write_meta(descriptor, "complete")
         except OSError as error:
             raise local_error(Text("Finishing"), final, error) from error
-        LOGGER.info(Text("Blob {digest} downloaded and verified ({size} bytes).", digest=descriptor.digest, size=descriptor.size))
+        LOGGER.info(Text("Blob {digest} downloaded and verified ({size} bytes).", digest=descriptor.digest, size=descriptor.size), extra=FILE_ONLY)
         return final
 
     def _download(self, descriptor: Descriptor, path: str) -> Tuple[str, int]:
@@ -1549,7 +1553,7 @@ class BlobDownloader:
                     return
         except TRANSIENT_ERRORS as error:
             raise RegistryError(
-                Text("{phase} failed after {offset} of {size} bytes: {error}", phase=phase, offset=part.offset, size=descriptor.size, error=short_error(error)),
+                Text("{phase} failed after {offset} of {size} bytes: {error}.", phase=phase, offset=part.offset, size=descriptor.size, error=short_error(error)),
                 NETWORK_HINT, url=response.url,
             ) from error
         if part.offset < descriptor.size:
@@ -1563,8 +1567,8 @@ def iter_raw_body(response: requests.Response) -> Iterator[bytes]:
     """Yield the body as received, without undoing a Content-Encoding.
 
     urllib3 2.2 and later offer read1(), which returns what has arrived instead of
-    waiting for a full chunk; a connection that breaks then loses almost nothing, since
-    urllib3 drops the bytes of a read that fails. Older urllib3 gets smaller reads.
+    waiting for a full chunk. urllib3 drops the bytes of a read that fails, so a broken
+    connection then loses almost nothing. Older urllib3 versions get smaller reads.
     """
     raw = response.raw
     if hasattr(raw, "read1"):
@@ -1697,8 +1701,9 @@ def download_blobs(downloader: BlobDownloader, descriptors: Sequence[Descriptor]
         if len(paths) < len(unique):
             cancel.set()
         pool.shutdown(wait=False, cancel_futures=True)
-        # Workers notice the cancellation at their next chunk; a worker blocked in a
-        # stalled read holds on until its read timeout, so waiting is bounded here.
+        # Workers notice the cancellation at their next chunk. A worker blocked in a
+        # stalled read notices only at its read timeout, so this waits at most 5 s and
+        # run() then exits without joining it.
         concurrent.futures.wait(list(futures), timeout=5)
     return paths
 
@@ -1733,7 +1738,7 @@ def blob_member(digest: str) -> str:
 
 
 def _tar_info(name: str, size: int = 0, directory: bool = False) -> tarfile.TarInfo:
-    """A TarInfo with fixed owner, mode and time, so the same image gives the same bytes."""
+    """Build a TarInfo with fixed owner, mode and time, so the same image gives the same bytes."""
     info = tarfile.TarInfo(name)
     info.size = 0 if directory else size
     info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
@@ -1904,7 +1909,21 @@ class LocalizedFormatter(logging.Formatter):
         return super().format(record)
 
 
-FILE_ONLY = {"file_only": True}  # pass as extra= for records that the terminal shows otherwise
+FILE_ONLY = {"file_only": True}  # extra= for records that go to the log file only
+
+
+class TqdmStreamHandler(logging.StreamHandler):
+    """Write records with tqdm.write, so progress bars are redrawn below them intact.
+
+    tqdm's own logging_redirect_tqdm is not used: it replaces the handler and loses
+    its level and filters.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # logging's contract: report through handleError, never raise
+            self.handleError(record)
 
 
 def setup_logging(directory: str, verbose: bool, quiet: bool) -> List[logging.Handler]:
@@ -1914,8 +1933,13 @@ def setup_logging(directory: str, verbose: bool, quiet: bool) -> List[logging.Ha
     file_handler = logging.FileHandler(os.path.join(directory, LOG_FILE_NAME), encoding="utf-8", delay=True)
     file_handler.setLevel(logging.DEBUG if verbose else logging.INFO)
     file_handler.setFormatter(LocalizedFormatter("%(asctime)s %(levelname)s [%(threadName)s] %(message)s", "en"))
-    console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO)
+    console = TqdmStreamHandler(sys.stderr)
+    if verbose:
+        console.setLevel(logging.DEBUG)
+    elif quiet:
+        console.setLevel(logging.ERROR)
+    else:
+        console.setLevel(logging.INFO)
     console.setFormatter(LocalizedFormatter("%(message)s", None))
     console.addFilter(lambda record: not getattr(record, "file_only", False))
     handlers: List[logging.Handler] = [file_handler, console]
@@ -2065,11 +2089,11 @@ ZH_MESSAGES = {
     "(resumed)": "（续传）",
     "error: {message}": "错误：{message}",
     # errors and log lines
-    "{phase} failed: {method} {url} returned HTTP {status}{codes}{detail}.": "{phase}失败：{method} {url} 返回 HTTP {status}{codes}{detail}。",
+    "{phase} failed: {method} {url} returned HTTP {status}{codes}{detail}.": "{phase} 失败：{method} {url} 返回 HTTP {status}{codes}{detail}。",
     "Unsupported manifest media type {media_type!r}.": "不支持的 manifest 媒体类型 {media_type!r}。",
     "Resolved {reference} to {digest} ({media_type}).": "{reference} 解析为 {digest}（{media_type}）。",
     "Chose platform {platform}: manifest {digest}.": "选择平台 {platform}：manifest {digest}。",
-    "{action} {path} failed: {error}": "{action} {path} 失败：{error}",
+    "{action} {path} failed: {error}.": "{action} {path} 失败：{error}。",
     "Pulling {reference} from {host} into {directory}.": "正在从 {host} 拉取 {reference} 到 {directory}。",
     "docker-image-puller {version} started.": "docker-image-puller {version} 已启动。",
     "Invalid {what}: expected a string like sha256:<64 hex digits>, got {value}.": "无效的 {what}：应为 sha256:<64 位十六进制> 形式的字符串，实际为 {value}。",
@@ -2117,11 +2141,11 @@ ZH_MESSAGES = {
     "{error} Downloading it once more from the start.": "{error} 从头再下载一次。",
     "Resuming blob {digest} at byte {offset} of {size}.": "blob {digest} 从第 {offset} 字节续传（共 {size} 字节）。",
     "{path} is longer ({length} bytes) than the blob ({size} bytes); starting it over.": "{path} 比 blob 更长（{length} 字节，blob 为 {size} 字节）；从头开始。",
-    "{phase} failed: asked for bytes from {offset} but got Content-Range {content_range!r}.": "{phase}失败：请求从第 {offset} 字节开始，却收到 Content-Range {content_range!r}。",
-    "{phase} failed: the registry answered 416 to a request for bytes from {offset}.": "{phase}失败：请求从第 {offset} 字节开始时 registry 返回 416。",
-    "{phase} failed: HTTP 206 to a request without Range.": "{phase}失败：未带 Range 的请求收到 HTTP 206。",
-    "{phase} failed: the connection closed after {offset} of {size} bytes.": "{phase}失败：连接在 {offset}/{size} 字节后关闭。",
-    "{phase} failed after {offset} of {size} bytes: {error}": "{phase}在 {offset}/{size} 字节后失败：{error}",
+    "{phase} failed: asked for bytes from {offset} but got Content-Range {content_range!r}.": "{phase} 失败：请求从第 {offset} 字节开始，却收到 Content-Range {content_range!r}。",
+    "{phase} failed: the registry answered 416 to a request for bytes from {offset}.": "{phase} 失败：请求从第 {offset} 字节开始时 registry 返回 416。",
+    "{phase} failed: HTTP 206 to a request without Range.": "{phase} 失败：未带 Range 的请求收到 HTTP 206。",
+    "{phase} failed: the connection closed after {offset} of {size} bytes.": "{phase} 失败：连接在 {offset}/{size} 字节后关闭。",
+    "{phase} failed after {offset} of {size} bytes: {error}.": "{phase} 在 {offset}/{size} 字节后失败：{error}。",
     "{url} sent blob {digest} from byte 0 instead of byte {offset}; starting it over.": "{url} 从第 0 字节而不是第 {offset} 字节发送 blob {digest}；从头开始。",
     "Blob {path} changed on disk after it was verified: got {count} bytes with digest {actual}, expected {digest}.": "blob {path} 在校验后被改动：读到 {count} 字节，digest 为 {actual}，应为 {digest}。",
     "Wrote {archive}: {reference} {digest} ({platform}, {size} bytes).": "已写入 {archive}：{reference} {digest}（{platform}，{size} 字节）。",
@@ -2131,9 +2155,9 @@ ZH_MESSAGES = {
     "The token service {realm} answered without a token.": "token 服务 {realm} 的响应中没有 token。",
     "The token service {realm} rejected the request for {scope} as {user} (HTTP {status}).": "token 服务 {realm} 拒绝了 {user} 对 {scope} 的请求（HTTP {status}）。",
     "Token for {scope} rejected or expired; authenticating again.": "{scope} 的 token 被拒绝或已过期；重新认证。",
-    "{phase} failed: TLS error from {url}: {error}": "{phase}失败：{url} 的 TLS 错误：{error}",
-    "{phase} failed: the registry {registry} rejected the new token too (HTTP 401 from {url}).": "{phase}失败：registry {registry} 也拒绝了新 token（{url} 返回 HTTP 401）。",
-    "{phase} failed: {method} {url}: {error}": "{phase}失败：{method} {url}：{error}",
+    "{phase} failed: TLS error from {url}: {error}.": "{phase} 失败：{url} 的 TLS 错误：{error}。",
+    "{phase} failed: the registry {registry} rejected the new token too (HTTP 401 from {url}).": "{phase} 失败：registry {registry} 也拒绝了新 token（{url} 返回 HTTP 401）。",
+    "{phase} failed: {method} {url}: {error}.": "{phase} 失败：{method} {url}：{error}。",
     "Interrupted; downloads so far are kept. Run the same command again to resume.": "已中断；已下载的内容会保留。重新运行同一命令即可续传。",
     "Unexpected error: {error!r}.": "意外错误：{error!r}。",
     # command line
@@ -2307,13 +2331,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     previous_sigterm = None
     if threading.current_thread() is threading.main_thread():
         previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
-    LOGGER.info(Text("docker-image-puller {version} started.", version=__version__))
+    LOGGER.info(Text("docker-image-puller {version} started.", version=__version__), extra=FILE_ONLY)
     try:
-        with logging_redirect_tqdm(loggers=[LOGGER]):
-            for reference in references:
-                result = pull_image(reference, settings, cancel)
-                if not args.quiet:
-                    print(result.archive)
+        for reference in references:
+            result = pull_image(reference, settings, cancel)
+            if not args.quiet:
+                print(result.archive)
         return EXIT_OK
     except (KeyboardInterrupt, Terminated, Cancelled) as interruption:
         cancel.set()
@@ -2326,7 +2349,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             traceback.print_exc()
         print_error(error)
         return error.exit_code
-    except Exception as error:  # a bug: say so, and keep the traceback in the log
+    except Exception as error:  # a bug: report it as one, with the traceback in the log
         cancel.set()
         LOGGER.error("Unexpected error", exc_info=True, extra=FILE_ONLY)
         if args.verbose:
@@ -2339,7 +2362,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         remove_logging(handlers)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Entry point of the script and of the installed docker-image-puller command."""
     status = main()
     if any(thread.name.startswith("blob") and thread.is_alive() for thread in threading.enumerate()):
         # A download worker is still blocked in a socket read after an interruption.
@@ -2349,3 +2373,7 @@ if __name__ == "__main__":
         sys.stderr.flush()
         os._exit(status)
     sys.exit(status)
+
+
+if __name__ == "__main__":
+    run()
