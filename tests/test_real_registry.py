@@ -209,6 +209,53 @@ def test_podman_load_names_image(real_registry, tmp_path):
             shutil.rmtree(runroot, ignore_errors=True)
 
 
+@pytest.fixture
+def containerd_socket():
+    """Start a private containerd on a socket in /tmp, or skip where it cannot run."""
+    if shutil.which("containerd") is None or shutil.which("ctr") is None:
+        pytest.skip("containerd not installed: apt-get install containerd")
+    if os.geteuid() != 0:
+        pytest.skip("containerd needs root here")
+    # A unix socket path must stay under about 100 characters, so this lives in /tmp.
+    base = Path(tempfile.mkdtemp(prefix="dip-ctd-"))
+    config = base / "config.toml"
+    config.write_text(
+        'version = 2\nroot = "%s"\nstate = "%s"\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        '[grpc]\n  address = "%s"\n' % (base / "root", base / "state", base / "c.sock")
+    )
+    with open(base / "containerd.log", "wb") as log:
+        daemon = subprocess.Popen(["containerd", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not (base / "c.sock").exists():
+            assert daemon.poll() is None, (base / "containerd.log").read_text()
+            assert time.monotonic() < deadline, "containerd did not start"
+            time.sleep(0.1)
+        yield str(base / "c.sock")
+    finally:
+        daemon.terminate()
+        try:
+            daemon.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait(timeout=20)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_ctr_import_names_and_unpacks(real_registry, tmp_path, containerd_socket):
+    references = ["%s/test/single:v1" % real_registry.host, "%s/test/multi:v1" % real_registry.host]
+    for reference in references:
+        result = run_puller([reference, "-d", str(tmp_path), "-q"])
+        assert result.returncode == 0, result.stderr
+    ctr = ["ctr", "--address", containerd_socket]
+    for archive in ("test_single_v1.tar", "test_multi_v1.tar"):
+        # Unpacking checks each layer's uncompressed digest against the config's diff_ids.
+        imported = subprocess.run(ctr + ["images", "import", "--snapshotter", "native", str(tmp_path / archive)], capture_output=True, text=True, timeout=300)
+        assert imported.returncode == 0, imported.stderr
+    listed = subprocess.run(ctr + ["images", "ls", "-q"], capture_output=True, text=True, timeout=60)
+    assert sorted(listed.stdout.split()) == sorted(references)
+
+
 def test_private_registry_needs_credentials(private_token_registry, tmp_path):
     reference = "%s/test/single:v1" % private_token_registry.host
     anonymous = run_puller([reference, "-d", str(tmp_path / "anonymous")])
