@@ -219,3 +219,35 @@ def test_runs_as_plain_script_copy(tmp_path):
     copy.write_bytes(SCRIPT.read_bytes())
     result = subprocess.run([sys.executable, str(copy), "--version"], capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
     assert result.returncode == 0
+
+
+def test_progress_bars_on_terminal(tmp_path):
+    pty = pytest.importorskip("pty", reason="pseudo-terminals are POSIX-only")
+    import fcntl
+    import struct
+    import termios
+
+    with FakeRegistry() as fake:
+        image = fake.add_image("team/app", "v1", [random_layer(i, 500_000) for i in range(2)])
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+        process = subprocess.Popen(
+            [sys.executable, str(SCRIPT), "%s/team/app:v1" % fake.host, "-d", str(tmp_path)],
+            stdin=slave, stdout=slave, stderr=slave, env=dict(os.environ, LANG="C.UTF-8"),
+        )
+        os.close(slave)
+        output = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # Linux raises EIO once the child has closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        os.close(master)
+        assert process.wait(timeout=60) == 0
+    text = output.decode("utf-8", "replace")
+    assert "team/app: 100%" in text
+    for layer in image["layer_digests"]:
+        assert layer.split(":")[1][:12] + ":" in text
