@@ -2178,7 +2178,7 @@ ZH_MESSAGES = {
     "seconds without data before a connection is given up and retried (default: 60)": "连接多少秒没有数据即放弃并重试（默认：60）",
     "print debug lines (one per request) and tracebacks": "输出调试信息（每个请求一行）和 traceback",
     "print only errors: no progress bars, no messages": "只输出错误：不显示进度条和其他信息",
-    "language of messages (default: from LANG, LC_ALL or LANGUAGE)": "消息语言（默认：取自 LANG、LC_ALL 或 LANGUAGE）",
+    "language of messages (default: from LANGUAGE, LC_ALL, LC_MESSAGES or LANG)": "消息语言（默认：取自 LANGUAGE、LC_ALL、LC_MESSAGES 或 LANG）",
     "A password was given without a user name; add -u USER.": "给出了密码但没有用户名；请加 -u 用户名。",
     "No password for user {user}: pass it with --password-stdin or ${variable}; this tool never prompts.": "用户 {user} 没有密码：请用 --password-stdin 或 ${variable} 提供；本工具从不交互式提示。",
     "Invalid --threads {value}: expected 1 to {maximum}.": "无效的 --threads {value}：应为 1 到 {maximum}。",
@@ -2241,7 +2241,7 @@ def build_parser() -> argparse.ArgumentParser:
     output = parser.add_mutually_exclusive_group()
     output.add_argument("-v", "--verbose", action="store_true", help=tr("print debug lines (one per request) and tracebacks"))
     output.add_argument("-q", "--quiet", action="store_true", help=tr("print only errors: no progress bars, no messages"))
-    parser.add_argument("--lang", choices=LANGUAGES, help=tr("language of messages (default: from LANG, LC_ALL or LANGUAGE)"))
+    parser.add_argument("--lang", choices=LANGUAGES, help=tr("language of messages (default: from LANGUAGE, LC_ALL, LC_MESSAGES or LANG)"))
     parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
     return parser
 
