@@ -977,15 +977,16 @@ class RegistryClient:
     def _send_once(self, method: str, url: str, headers: Dict[str, str]) -> requests.Response:
         """Send one request, following redirects by hand.
 
-        Authorization goes only to the host of the first URL: storage services that a
-        registry redirects blob requests to (S3, CDNs) carry their own signature in the
-        URL and reject a second credential.
+        Authorization goes only to the scheme and host of the first URL. Storage services
+        that a registry redirects blob requests to (S3, CDNs) carry their own signature in
+        the URL and reject a second credential, and a redirect from HTTPS to plain HTTP
+        must not expose it.
         """
-        origin = urllib.parse.urlsplit(url).netloc
+        origin = urllib.parse.urlsplit(url)
         for _hop in range(MAX_REDIRECTS + 1):
-            netloc = urllib.parse.urlsplit(url).netloc
+            target = urllib.parse.urlsplit(url)
             send_headers = dict(headers)
-            if netloc != origin:
+            if target.netloc != origin.netloc or target.scheme != origin.scheme:
                 send_headers.pop("Authorization", None)
             started = time.monotonic()
             response = self.session().request(
@@ -1394,6 +1395,90 @@ def local_error(action: Text, path: str, error: OSError) -> LocalFileError:
     )
 
 
+LOCK_POLL_SECONDS = 0.2
+LOCK_FILE = "lock"
+
+
+class FileLock:
+    """An exclusive advisory lock on a file, held while one process works on a blob or archive.
+
+    flock() on POSIX and msvcrt.locking() on Windows: the operating system releases the
+    lock when the process ends, even by kill -9, so a crash never leaves a stale lock.
+    The lock file itself stays on disk, because deleting it would let a waiting process
+    and a new one both hold a lock on different files.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._handle = None
+
+    def try_acquire(self) -> bool:
+        handle = open(self.path, "a+b")
+        try:
+            if os.name == "nt":
+                import msvcrt
+
+                handle.seek(0)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return False
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()).encode("ascii"))
+        handle.flush()
+        self._handle = handle
+        return True
+
+    def holder(self) -> str:
+        try:
+            with open(self.path, "rb") as handle:
+                return handle.read(32).decode("ascii", "replace").strip() or "?"
+        except OSError:
+            return "?"
+
+    def acquire(self, cancel: threading.Event) -> None:
+        """Wait until the lock is ours, logging once that another process holds it."""
+        if self.try_acquire():
+            return
+        LOGGER.warning(Text("Waiting for the lock {path}, held by process {pid}: another docker_image_puller is working on the same file.", path=self.path, pid=self.holder()))
+        while not self.try_acquire():
+            if cancel.wait(LOCK_POLL_SECONDS):
+                raise Cancelled()
+        LOGGER.info(Text("Got the lock {path}.", path=self.path))
+
+    def release(self) -> None:
+        if self._handle is None:
+            return
+        try:
+            if os.name == "nt":
+                import msvcrt
+
+                self._handle.seek(0)
+                msvcrt.locking(self._handle.fileno(), msvcrt.LK_UNLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+        finally:
+            self._handle.close()
+            self._handle = None
+
+
+@contextlib.contextmanager
+def locked(path: str, cancel: threading.Event) -> Iterator[None]:
+    lock = FileLock(path)
+    lock.acquire(cancel)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 class BlobStore:
     """The working folder of one repository.
 
@@ -1425,6 +1510,20 @@ class BlobStore:
             "state": state,
         }
         write_json_atomically(os.path.join(self.blob_folder(descriptor.digest), META_FILE), meta)
+
+    def check_meta(self, descriptor: Descriptor) -> None:
+        """Warn about a meta.json that is not valid JSON or names another blob; it is rewritten."""
+        path = os.path.join(self.blob_folder(descriptor.digest), META_FILE)
+        if not os.path.exists(path):
+            return
+        try:
+            with open(path, "rb") as handle:
+                meta = json.loads(handle.read(MAX_ERROR_BODY_BYTES).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            meta = None
+        if not isinstance(meta, dict) or meta.get("digest") != descriptor.digest:
+            LOGGER.warning(Text("{path} is damaged; it is written again and the blob is checked by its digest.", path=path))
+            self.write_meta(descriptor, "unknown")
 
     def verified_blob(self, descriptor: Descriptor) -> Optional[str]:
         """Return the finished blob's path if its size and digest still match, else remove it."""
@@ -1460,6 +1559,16 @@ class BlobDownloader:
         folder = self.store.blob_folder(descriptor.digest)
         try:
             os.makedirs(folder, exist_ok=True)
+        except OSError as error:
+            raise local_error(Text("Preparing"), folder, error) from error
+        # Another process pulling an image with this blob into the same folder waits
+        # here, and then finds the blob finished and verified.
+        with locked(os.path.join(folder, LOCK_FILE), self.client.cancel):
+            return self._fetch_locked(descriptor, folder)
+
+    def _fetch_locked(self, descriptor: Descriptor, folder: str) -> str:
+        try:
+            self.store.check_meta(descriptor)
             finished = self.store.verified_blob(descriptor)
             if finished is not None:
                 LOGGER.info(Text("Blob {digest} is already downloaded and verified.", digest=descriptor.digest), extra=FILE_ONLY)
@@ -1518,6 +1627,7 @@ class BlobDownloader:
             try:
                 response = client.send_with_retries("GET", url, headers=headers, phase=phase, retry=retry, accept_statuses=(416,))
                 with contextlib.closing(response):
+                    reject_html_blob(response, phase)
                     start = body_start(response, part.offset if use_range else None, phase)
                     if start != part.offset:
                         LOGGER.warning(Text("{url} sent blob {digest} from byte 0 instead of byte {offset}; starting it over.", url=redact_url(response.url), digest=descriptor.digest, offset=part.offset))
@@ -1579,6 +1689,16 @@ def iter_raw_body(response: requests.Response) -> Iterator[bytes]:
             yield chunk
     else:
         yield from raw.stream(FALLBACK_CHUNK_SIZE, decode_content=False)
+
+
+def reject_html_blob(response: requests.Response, phase: Text) -> None:
+    """Fail at once on an HTML page where a blob was expected: a proxy or captive portal."""
+    if response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower() == "text/html":
+        raise RegistryError(
+            Text("{phase} failed: {url} returned an HTML page instead of the blob (a proxy, captive portal or wrong address?).", phase=phase, url=redact_url(response.url)),
+            Text("Check the registry address and the proxy settings."),
+            status=response.status_code, url=response.url, retryable=False,
+        )
 
 
 class WrongRangeError(RegistryError):
@@ -1992,6 +2112,47 @@ def load_config_blob(path: str, descriptor: Descriptor) -> dict:
     return value
 
 
+ARCHIVE_OVERHEAD_BYTES = 64 * 1024  # tar headers and the small JSON members, an estimate with room to spare
+
+
+def format_size(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return "%.0f %s" % (size, unit) if unit == "B" else "%.1f %s" % (size, unit)
+        size /= 1024
+    return "%.1f GiB" % size
+
+
+def missing_bytes(store: BlobStore, descriptor: Descriptor) -> int:
+    """Estimate the bytes still to download for a blob, from the sizes of its files alone."""
+    final = store.blob_path(descriptor.digest)
+    if os.path.isfile(final) and os.path.getsize(final) == descriptor.size:
+        return 0
+    part = store.part_path(descriptor.digest)
+    have = os.path.getsize(part) if os.path.isfile(part) else 0
+    return descriptor.size - have if have <= descriptor.size else descriptor.size
+
+
+def check_free_space(store: BlobStore, blobs: Sequence[Descriptor], archive: str, manifest_size: int) -> None:
+    """Fail before downloading when the blobs still missing and the archive cannot fit."""
+    archive_folder = os.path.dirname(os.path.abspath(archive))
+    if not os.path.isdir(archive_folder):
+        raise LocalFileError(Text("The folder {path} for the archive does not exist.", path=archive_folder), Text("Create it, or choose another path with -o."))
+    downloads = sum(missing_bytes(store, descriptor) for descriptor in blobs)
+    archive_size = sum(descriptor.size for descriptor in blobs) + manifest_size + ARCHIVE_OVERHEAD_BYTES
+    if os.stat(store.root).st_dev == os.stat(archive_folder).st_dev:
+        needs = {store.root: downloads + archive_size}
+    else:
+        needs = {store.root: downloads, archive_folder: archive_size}
+    for folder, needed in needs.items():
+        free = shutil.disk_usage(folder).free
+        if free < needed:
+            raise LocalFileError(
+                Text("Not enough free space in {folder}: the pull needs {needed} more, but only {free} is free.", folder=folder, needed=format_size(needed), free=format_size(free)),
+                Text("Free some space, or choose other folders with -d and -o; downloads so far are kept."),
+            )
+
+
 def pull_image(reference: Reference, settings: PullSettings, cancel: threading.Event) -> PullResult:
     """Pull one image into its archive; every failure raises a PullerError or Cancelled."""
     LOGGER.info(Text("Pulling {reference} from {host} into {directory}.", reference=reference, host=reference.api_host, directory=os.path.abspath(settings.directory)))
@@ -2005,6 +2166,7 @@ def pull_image(reference: Reference, settings: PullSettings, cancel: threading.E
         archive = settings.output or os.path.join(settings.directory, reference.file_stem() + ".tar")
         distinct = {d.digest: d for d in [image.config] + image.layers}
         total = sum(d.size for d in distinct.values())
+        check_free_space(store, list(distinct.values()), archive, len(image.manifest.raw))
 
         with Progress(settings.show_progress, total, reference.familiar_name) as progress:
             downloader = BlobDownloader(client, store, progress)
@@ -2013,7 +2175,9 @@ def pull_image(reference: Reference, settings: PullSettings, cancel: threading.E
             paths = download_blobs(downloader, image.layers, settings.threads)
         paths[image.config.digest] = config_path
 
-        write_archive(archive, reference, image, paths, cancel)
+        archive_lock = os.path.join(store.folder, "archive-%s.lock" % hashlib.sha256(os.path.abspath(archive).encode("utf-8")).hexdigest()[:16])
+        with locked(archive_lock, cancel):
+            write_archive(archive, reference, image, paths, cancel)
         LOGGER.info(Text("Wrote {archive}: {reference} {digest} ({platform}, {size} bytes).", archive=archive, reference=reference, digest=image.manifest.digest, platform=platform, size=total))
         return PullResult(reference, image.manifest.digest, platform, archive, total)
     finally:
@@ -2160,6 +2324,14 @@ ZH_MESSAGES = {
     "{phase} failed: {method} {url}: {error}.": "{phase} 失败：{method} {url}：{error}。",
     "Interrupted; downloads so far are kept. Run the same command again to resume.": "已中断；已下载的内容会保留。重新运行同一命令即可续传。",
     "Unexpected error: {error!r}.": "意外错误：{error!r}。",
+    "Waiting for the lock {path}, held by process {pid}: another docker_image_puller is working on the same file.": "正在等待锁 {path}，它被进程 {pid} 持有：另一个 docker_image_puller 正在处理同一个文件。",
+    "Got the lock {path}.": "已获得锁 {path}。",
+    "{path} is damaged; it is written again and the blob is checked by its digest.": "{path} 已损坏；将重新写入，并按 digest 校验该 blob。",
+    "{phase} failed: {url} returned an HTML page instead of the blob (a proxy, captive portal or wrong address?).": "{phase} 失败：{url} 返回的是 HTML 页面而不是 blob（代理、认证门户，或地址有误？）。",
+    "The folder {path} for the archive does not exist.": "归档所在的目录 {path} 不存在。",
+    "Create it, or choose another path with -o.": "请先创建该目录，或用 -o 换一个路径。",
+    "Not enough free space in {folder}: the pull needs {needed} more, but only {free} is free.": "{folder} 的空闲空间不足：本次拉取还需要 {needed}，但只剩 {free}。",
+    "Free some space, or choose other folders with -d and -o; downloads so far are kept.": "请释放一些空间，或用 -d 和 -o 换其他目录；已下载的内容会保留。",
     # command line
     "Pull container images from a registry into archives that docker load, podman load and ctr images import accept, without a Docker daemon.": "无需 Docker 守护进程，从 registry 拉取容器镜像，生成 docker load、podman load 和 ctr images import 都能导入的归档。",
     "examples:\n  python docker_image_puller.py nginx:latest -t 12\n  python docker_image_puller.py registry.example.com:5000/team/app:v1 --platform linux/arm64 -d images\n  echo \"$TOKEN\" | python docker_image_puller.py -u alice --password-stdin ghcr.io/alice/app:1.0\n\nexit status: 0 success, 1 failure, 2 usage error, 130 interrupted (run the same command again to resume).": "示例：\n  python docker_image_puller.py nginx:latest -t 12\n  python docker_image_puller.py registry.example.com:5000/team/app:v1 --platform linux/arm64 -d images\n  echo \"$TOKEN\" | python docker_image_puller.py -u alice --password-stdin ghcr.io/alice/app:1.0\n\n退出码：0 成功，1 失败，2 用法错误，130 被中断（重新运行同一命令即可续传）。",
