@@ -45,13 +45,15 @@ import time
 import traceback
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import requests
 import urllib3
 from tqdm import tqdm
 
 __version__ = "1.0.0"
+
+T = TypeVar("T")
 
 # ---------------------------------------------------------------------------
 # Constants: registries, media types, limits
@@ -200,6 +202,8 @@ class PullerError(Exception):
     """A failure reported to the user as one line, with what to try next."""
 
     exit_code = EXIT_FAILURE
+    retryable = False  # whether a new attempt may succeed; RetryBudget reads it
+    retry_after: Optional[float] = None
 
     def __init__(self, message: Text, hint: Optional[Text] = None) -> None:
         super().__init__(message.render("en"))
@@ -743,11 +747,12 @@ class Authenticator:
         separator = "&" if parsed.query else "?"
         url = realm + separator + urllib.parse.urlencode(query)
 
-        what = Text("token response from {realm}", realm=redact_url(realm))
+        what = Text("token response")
         try:
-            response, raw = self.client.fetch_small(
+            body = self.client.fetch_small(
                 url, headers=headers, limit=MAX_TOKEN_BYTES, what=what,
                 phase=Text("Token request to {realm}", realm=redact_url(realm)), registry_auth=False,
+                parse=lambda response, raw: parse_json_object(raw, response, what),
             )
         except RegistryError as error:
             if error.status in (401, 403):
@@ -757,7 +762,6 @@ class Authenticator:
                     ERROR_CODE_HINTS["UNAUTHORIZED"],
                 ) from error
             raise
-        body = parse_json_object(raw, response, what)
         value = body.get("token") or body.get("access_token")
         if not isinstance(value, str) or not value:
             raise AuthenticationError(Text("The token service {realm} answered without a token.", realm=realm), ERROR_CODE_HINTS["UNAUTHORIZED"])
@@ -863,7 +867,7 @@ class RetryBudget:
         ceiling = min(MAX_BACKOFF, self.options.backoff_base * (2 ** (self.used - 1)))
         return random.uniform(0, ceiling)
 
-    def wait_or_raise(self, error: RegistryError) -> None:
+    def wait_or_raise(self, error: PullerError) -> None:
         """Sleep before the next attempt, or raise the error when it is final."""
         if not error.retryable or self.used >= self.options.retries:
             raise error
@@ -907,14 +911,18 @@ def parse_json_object(body: bytes, response: requests.Response, what: Text) -> d
     except (UnicodeDecodeError, ValueError):
         value = None
     if not isinstance(value, dict):
-        if looks_like_html(body, content_type):
+        html = looks_like_html(body, content_type)
+        if html:
             detail = Text("an HTML page (a proxy, captive portal or wrong address?)")
         else:
             detail = Text("not a JSON object")
-        raise ManifestError(
+        error = ManifestError(
             Text("The {what} from {url} is {detail}: {sample!r}", what=what, url=redact_url(response.url), detail=detail, sample=body[:80]),
             Text("Check the registry address and the proxy settings."),
         )
+        # A body cut short by a proxy may be whole next time; a portal page will not change.
+        error.retryable = not html
+        raise error
     return value
 
 
@@ -974,7 +982,7 @@ class RegistryClient:
     def new_retry_budget(self) -> RetryBudget:
         return RetryBudget(self.options, self.cancel)
 
-    def _send_once(self, method: str, url: str, headers: Dict[str, str]) -> requests.Response:
+    def _send_once(self, method: str, url: str, headers: Dict[str, str], phase: Text) -> requests.Response:
         """Send one request, following redirects by hand.
 
         Authorization goes only to the scheme and host of the first URL. Storage services
@@ -1003,7 +1011,7 @@ class RegistryClient:
             response.close()
             if urllib.parse.urlsplit(location).scheme not in ("http", "https"):
                 raise RegistryError(
-                    Text("{method} {url} redirected to an unsupported URL {location}.", method=method, url=redact_url(url), location=redact_url(location)[:200]),
+                    Text("{phase} failed: {method} {url} redirected to an unsupported URL {location}.", phase=phase, method=method, url=redact_url(url), location=redact_url(location)[:200]),
                     Text("The registry or a proxy is misconfigured; try another registry or mirror."),
                     url=url, retryable=False,
                 )
@@ -1011,7 +1019,7 @@ class RegistryClient:
                 method = "GET"
             url = location
         raise RegistryError(
-            Text("{method} {url} was redirected more than {limit} times.", method=method, url=redact_url(url), limit=MAX_REDIRECTS),
+            Text("{phase} failed: {method} {url} was redirected more than {limit} times.", phase=phase, method=method, url=redact_url(url), limit=MAX_REDIRECTS),
             Text("The registry or a proxy is misconfigured; try another registry or mirror."),
             url=url, retryable=False,
         )
@@ -1042,7 +1050,7 @@ class RegistryClient:
             if authorization:
                 send_headers["Authorization"] = authorization
             try:
-                response = self._send_once(method, url, send_headers)
+                response = self._send_once(method, url, send_headers, phase)
             except requests.exceptions.SSLError as error:
                 raise RegistryError(
                     Text("{phase} failed: TLS error from {url}: {error}.", phase=phase, url=redact_url(url), error=error),
@@ -1094,17 +1102,19 @@ class RegistryClient:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         return RegistryError(text, hint_for(status, codes), status=status, codes=codes, url=response.url, retry_after=retry_after)
 
-    def fetch_small(self, url: str, *, headers: Dict[str, str], limit: int, what: Text, phase: Text, registry_auth: bool = True) -> Tuple[requests.Response, bytes]:
+    def fetch_small(self, url: str, *, headers: Dict[str, str], limit: int, what: Text, phase: Text, parse: Callable[[requests.Response, bytes], T], registry_auth: bool = True) -> T:
         """GET a body that is read into memory (manifest, token), capped at ``limit`` bytes.
 
-        A connection cut while the body arrives is retried like a failed request.
+        ``parse`` turns the response and its body into the result. A connection cut while
+        the body arrives, and a parse error marked retryable (a body cut short, a digest
+        mismatch), are retried like a failed request.
         """
         retry = self.new_retry_budget()
         while True:
             response = self.send_with_retries("GET", url, headers=headers, phase=phase, registry_auth=registry_auth, retry=retry)
             try:
-                return response, read_limited(response, limit, what)
-            except RegistryError as error:
+                return parse(response, read_limited(response, limit, what))
+            except PullerError as error:
                 retry.wait_or_raise(error)
 
     # -- registry API ------------------------------------------------------
@@ -1249,23 +1259,29 @@ def fetch_manifest(client: RegistryClient, reference: str, expected_digest: Opti
     image = client.reference
     url = client.manifest_url(reference)
     what = Text("manifest {reference} of {image}", reference=reference, image=image.name)
-    response, raw = client.fetch_small(
+    algorithm = expected_digest.split(":", 1)[0] if expected_digest else "sha256"
+
+    def parse(response: requests.Response, raw: bytes) -> FetchedManifest:
+        document = parse_json_object(raw, response, what)
+        digest = compute_digest(raw, algorithm)
+        if expected_digest and digest != expected_digest:
+            mismatch = DigestMismatchError(
+                Text("The manifest {reference} of {image} from {url} has digest {actual} ({size} bytes).", reference=reference, image=image.name, url=redact_url(url), actual=digest, size=len(raw)),
+                expected_digest, digest, len(raw),
+            )
+            mismatch.retryable = True
+            raise mismatch
+        header_digest = response.headers.get("Docker-Content-Digest", "")
+        if header_digest.startswith(algorithm + ":") and header_digest != digest:
+            LOGGER.warning(Text("The registry labels the manifest of {image} as {header}, but its bytes hash to {digest}; the computed digest is used.", image=image.name, header=header_digest, digest=digest))
+        content_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
+        return FetchedManifest(raw, digest, manifest_media_type(document, content_type), document)
+
+    return client.fetch_small(
         url, headers={"Accept": MANIFEST_ACCEPT}, limit=MAX_MANIFEST_BYTES, what=what,
         phase=Text("Fetching the manifest {reference} of {image}", reference=reference, image=image.name),
+        parse=parse,
     )
-    algorithm = expected_digest.split(":", 1)[0] if expected_digest else "sha256"
-    digest = compute_digest(raw, algorithm)
-    if expected_digest and digest != expected_digest:
-        raise DigestMismatchError(
-            Text("The manifest of {image} from {url} has digest {actual}, not the requested {expected} ({size} bytes).", image=image.name, url=redact_url(url), actual=digest, expected=expected_digest, size=len(raw)),
-            expected_digest, digest, len(raw),
-        )
-    header_digest = response.headers.get("Docker-Content-Digest", "")
-    if header_digest.startswith(algorithm + ":") and header_digest != digest:
-        LOGGER.warning(Text("The registry labels the manifest of {image} as {header}, but its bytes hash to {digest}; the computed digest is used.", image=image.name, header=header_digest, digest=digest))
-    document = parse_json_object(raw, response, what)
-    content_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
-    return FetchedManifest(raw, digest, manifest_media_type(document, content_type), document)
 
 
 def index_entries(index: FetchedManifest) -> List[dict]:
@@ -2234,7 +2250,7 @@ ZH_MESSAGES = {
     "Run with -v for the traceback, and report it with the log {log}.": "请加 -v 运行以查看 traceback，并附上日志 {log} 报告此问题。",
     # fragments used inside other messages
     "manifest {reference} of {image}": "{image} 的 manifest {reference}",
-    "token response from {realm}": "来自 {realm} 的 token 响应",
+    "token response": "token 响应",
     "an HTML page (a proxy, captive portal or wrong address?)": "一个 HTML 页面（代理、认证门户，或地址有误？）",
     "the body is an HTML page (a proxy, captive portal or wrong address?)": "响应体是 HTML 页面（代理、认证门户，或地址有误？）",
     "not a JSON object": "不是 JSON 对象",
@@ -2278,13 +2294,13 @@ ZH_MESSAGES = {
     "The {what} is larger than the limit of {limit} bytes.": "{what}超过上限 {limit} 字节。",
     "The {what} from {url} is {detail}: {sample!r}": "来自 {url} 的{what}是{detail}：{sample!r}",
     "Reading the {what} from {url} failed: {error}.": "从 {url} 读取{what}失败：{error}。",
-    "{method} {url} was redirected more than {limit} times.": "{method} {url} 重定向超过 {limit} 次。",
-    "{method} {url} redirected to an unsupported URL {location}.": "{method} {url} 重定向到不支持的 URL {location}。",
+    "{phase} failed: {method} {url} was redirected more than {limit} times.": "{phase} 失败：{method} {url} 重定向超过 {limit} 次。",
+    "{phase} failed: {method} {url} redirected to an unsupported URL {location}.": "{phase} 失败：{method} {url} 重定向到不支持的 URL {location}。",
     "Invalid {what} in the manifest: expected an object, got {value}.": "manifest 中的 {what} 无效：应为对象，实际为 {value}。",
     "Invalid {what} {digest}: size {size!r} is not a whole number from 0 to {limit}.": "无效的 {what} {digest}：大小 {size!r} 不是 0 到 {limit} 之间的整数。",
     "Invalid {what} {digest}: the media type is not a string.": "无效的 {what} {digest}：媒体类型不是字符串。",
     "The registry returned a Docker schema 1 manifest, which this tool does not support.": "registry 返回了 Docker schema 1 manifest，本工具不支持。",
-    "The manifest of {image} from {url} has digest {actual}, not the requested {expected} ({size} bytes).": "来自 {url} 的 {image} manifest 的 digest 是 {actual}，而不是请求的 {expected}（{size} 字节）。",
+    "The manifest {reference} of {image} from {url} has digest {actual} ({size} bytes).": "来自 {url} 的 {image} manifest {reference} 的 digest 实际是 {actual}（{size} 字节）。",
     "The registry labels the manifest of {image} as {header}, but its bytes hash to {digest}; the computed digest is used.": "registry 标注 {image} 的 manifest 为 {header}，但其内容的哈希是 {digest}；采用计算出的 digest。",
     "The index {digest} lists no manifests.": "index {digest} 没有列出任何 manifest。",
     "The index {digest} lists {count} manifests, more than the limit of {limit}.": "index {digest} 列出了 {count} 个 manifest，超过上限 {limit}。",
