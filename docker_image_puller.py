@@ -1527,11 +1527,14 @@ class BlobStore:
         }
         write_json_atomically(os.path.join(self.blob_folder(descriptor.digest), META_FILE), meta)
 
-    def check_meta(self, descriptor: Descriptor) -> None:
-        """Warn about a meta.json that is not valid JSON or names another blob; it is rewritten."""
+    def check_meta(self, descriptor: Descriptor) -> bool:
+        """Return False, with a warning, for a meta.json that is not valid JSON or names another blob.
+
+        The caller writes it again; the blob itself is judged by its digest only.
+        """
         path = os.path.join(self.blob_folder(descriptor.digest), META_FILE)
         if not os.path.exists(path):
-            return
+            return True
         try:
             with open(path, "rb") as handle:
                 meta = json.loads(handle.read(MAX_ERROR_BODY_BYTES).decode("utf-8"))
@@ -1539,7 +1542,8 @@ class BlobStore:
             meta = None
         if not isinstance(meta, dict) or meta.get("digest") != descriptor.digest:
             LOGGER.warning(Text("{path} is damaged; it is written again and the blob is checked by its digest.", path=path))
-            self.write_meta(descriptor, "unknown")
+            return False
+        return True
 
     def verified_blob(self, descriptor: Descriptor) -> Optional[str]:
         """Return the finished blob's path if its size and digest still match, else remove it."""
@@ -1584,9 +1588,11 @@ class BlobDownloader:
 
     def _fetch_locked(self, descriptor: Descriptor, folder: str) -> str:
         try:
-            self.store.check_meta(descriptor)
+            meta_valid = self.store.check_meta(descriptor)
             finished = self.store.verified_blob(descriptor)
             if finished is not None:
+                if not meta_valid:
+                    self.store.write_meta(descriptor, "complete")
                 LOGGER.info(Text("Blob {digest} is already downloaded and verified.", digest=descriptor.digest), extra=FILE_ONLY)
                 self.progress.blob_cached(descriptor)
                 return finished
