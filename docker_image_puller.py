@@ -850,7 +850,13 @@ class NetworkOptions:
         return is_loopback(split_host(netloc)) or self.is_insecure(netloc)
 
     def verify_tls(self, url: str) -> bool:
-        return not self.is_insecure(urllib.parse.urlsplit(url).netloc)
+        """Verify certificates except for --insecure and loopback registries.
+
+        Docker counts 127.0.0.0/8 among its insecure registries by default, so a local
+        registry with a self-signed certificate works there too.
+        """
+        netloc = urllib.parse.urlsplit(url).netloc
+        return not (self.is_insecure(netloc) or is_loopback(split_host(netloc)))
 
 
 class RetryBudget:
@@ -1071,7 +1077,7 @@ class RegistryClient:
                 response.close()
                 if reauthenticated:
                     raise AuthenticationError(
-                        Text("{phase} failed: the registry {registry} rejected the new token too (HTTP 401 from {url}).", phase=phase, registry=self.host, url=redact_url(url)),
+                        Text("{phase} failed: the registry {registry} rejected the request again after authenticating anew (HTTP 401 from {url}).", phase=phase, registry=self.host, url=redact_url(url)),
                         ERROR_CODE_HINTS["UNAUTHORIZED"],
                     )
                 self.auth.handle_unauthorized(challenge_header, self.scope, authorization)
@@ -1349,6 +1355,8 @@ def check_config(config: dict, image: ImageManifest, requested: Optional[Platfor
     if not isinstance(os_name, str) or not isinstance(architecture, str):
         return image.platform or Platform("unknown", "unknown")
     actual = Platform(os_name.lower(), architecture.lower(), variant.lower() if isinstance(variant, str) and variant else None)
+    if requested is None and image.platform is None and platform_match_rank(parse_platform(DEFAULT_PLATFORM), actual) is None:
+        LOGGER.warning(Text("The image {image} is built for {actual} only; it is pulled as it is. Add --platform to require a platform.", image=image.manifest.digest, actual=actual))
     if requested is not None and image.platform is None and platform_match_rank(requested, actual) is None:
         raise PlatformNotFoundError(
             Text("The image {image} is built for {actual} only, not for the requested {platform}.", image=image.manifest.digest, actual=actual, platform=requested),
@@ -2342,7 +2350,7 @@ ZH_MESSAGES = {
     "The token service {realm} rejected the request for {scope} as {user} (HTTP {status}).": "token 服务 {realm} 拒绝了 {user} 对 {scope} 的请求（HTTP {status}）。",
     "Token for {scope} rejected or expired; authenticating again.": "{scope} 的 token 被拒绝或已过期；重新认证。",
     "{phase} failed: TLS error from {url}: {error}.": "{phase} 失败：{url} 的 TLS 错误：{error}。",
-    "{phase} failed: the registry {registry} rejected the new token too (HTTP 401 from {url}).": "{phase} 失败：registry {registry} 也拒绝了新 token（{url} 返回 HTTP 401）。",
+    "{phase} failed: the registry {registry} rejected the request again after authenticating anew (HTTP 401 from {url}).": "{phase} 失败：重新认证后 registry {registry} 仍然拒绝该请求（{url} 返回 HTTP 401）。",
     "{phase} failed: {method} {url}: {error}.": "{phase} 失败：{method} {url}：{error}。",
     "Interrupted; downloads so far are kept. Run the same command again to resume.": "已中断；已下载的内容会保留。重新运行同一命令即可续传。",
     "Unexpected error: {error!r}.": "意外错误：{error!r}。",
@@ -2354,6 +2362,9 @@ ZH_MESSAGES = {
     "Create it, or choose another path with -o.": "请先创建该目录，或用 -o 换一个路径。",
     "Not enough free space in {folder}: the pull needs {needed} more, but only {free} is free.": "{folder} 的空闲空间不足：本次拉取还需要 {needed}，但只剩 {free}。",
     "Free some space, or choose other folders with -d and -o; downloads so far are kept.": "请释放一些空间，或用 -d 和 -o 换其他目录；已下载的内容会保留。",
+    "The password read from standard input is empty.": "从标准输入读到的密码为空。",
+    "{first} and {second} would both be written to {path}; pull them in separate runs with different -d or -o.": "{first} 和 {second} 会写入同一个文件 {path}；请分两次运行，并使用不同的 -d 或 -o。",
+    "The image {image} is built for {actual} only; it is pulled as it is. Add --platform to require a platform.": "镜像 {image} 只为 {actual} 构建；按原样拉取。如需限定平台，请加 --platform。",
     # command line
     "Pull container images from a registry into archives that docker load, podman load and ctr images import accept, without a Docker daemon.": "无需 Docker 守护进程，从 registry 拉取容器镜像，生成 docker load、podman load 和 ctr images import 都能导入的归档。",
     "examples:\n  python docker_image_puller.py nginx:latest -t 12\n  python docker_image_puller.py registry.example.com:5000/team/app:v1 --platform linux/arm64 -d images\n  echo \"$TOKEN\" | python docker_image_puller.py -u alice --password-stdin ghcr.io/alice/app:1.0\n\nexit status: 0 success, 1 failure, 2 usage error, 130 interrupted (run the same command again to resume).": "示例：\n  python docker_image_puller.py nginx:latest -t 12\n  python docker_image_puller.py registry.example.com:5000/team/app:v1 --platform linux/arm64 -d images\n  echo \"$TOKEN\" | python docker_image_puller.py -u alice --password-stdin ghcr.io/alice/app:1.0\n\n退出码：0 成功，1 失败，2 用法错误，130 被中断（重新运行同一命令即可续传）。",
@@ -2402,12 +2413,18 @@ def _translate_argparse(message: str) -> str:
     return tr(message)
 
 
+def program_name() -> str:
+    """Return the name the tool was started as: docker_image_puller.py or docker-image-puller."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return name if name and name not in ("-c", "-m", "__main__.py") and not name.startswith("pytest") else "docker_image_puller.py"
+
+
 def build_parser() -> argparse.ArgumentParser:
     # argparse looks its own texts ("usage:", "error:") up through a module-level gettext
     # function; routing it through tr() gives them a Chinese translation too.
     argparse._ = _translate_argparse  # type: ignore[attr-defined]
     parser = argparse.ArgumentParser(
-        prog="docker_image_puller.py",
+        prog=program_name(),
         description=tr("Pull container images from a registry into archives that docker load, podman load and ctr images import accept, without a Docker daemon."),
         epilog=tr(
             "examples:\n"
@@ -2436,7 +2453,7 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("-v", "--verbose", action="store_true", help=tr("print debug lines (one per request) and tracebacks"))
     output.add_argument("-q", "--quiet", action="store_true", help=tr("print only errors: no progress bars, no messages"))
     parser.add_argument("--lang", choices=LANGUAGES, help=tr("language of messages (default: from LANGUAGE, LC_ALL, LC_MESSAGES or LANG)"))
-    parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
+    parser.add_argument("--version", action="version", version="%(prog)s " + __version__, help=tr("show program's version number and exit"))
     return parser
 
 
@@ -2457,6 +2474,8 @@ def read_credentials(args: argparse.Namespace, stdin) -> Optional[Credentials]:
         if args.password:
             raise UsageError(Text("--password and --password-stdin exclude each other."))
         password = stdin.read().rstrip("\r\n")
+        if not password:
+            raise UsageError(Text("The password read from standard input is empty."))
     elif args.password:
         LOGGER.warning(Text("WARNING! Using --password on the command line is insecure: other users can read it. Use --password-stdin."))
         password = args.password
@@ -2480,6 +2499,13 @@ def settings_from_args(args: argparse.Namespace, references: Sequence[Reference]
         raise UsageError(Text("Invalid --retry-delay or --timeout: expected a positive number of seconds."))
     if args.output and len(references) > 1:
         raise UsageError(Text("-o/--output names one archive, but {count} images were given; leave -o out to get one archive per image.", count=len(references)))
+    if not args.output:
+        archives: Dict[str, Reference] = {}
+        for reference in references:
+            path = os.path.normcase(os.path.abspath(os.path.join(args.dir, reference.file_stem() + ".tar")))
+            if path in archives and archives[path] != reference:
+                raise UsageError(Text("{first} and {second} would both be written to {path}; pull them in separate runs with different -d or -o.", first=archives[path], second=reference, path=path))
+            archives[path] = reference
     platform_text = args.platform or os.environ.get(ENV_DEFAULT_PLATFORM)
     platform = parse_platform(platform_text or DEFAULT_PLATFORM)
     insecure = frozenset(r.api_host for r in references) if args.insecure else frozenset()
@@ -2494,8 +2520,11 @@ def settings_from_args(args: argparse.Namespace, references: Sequence[Reference]
     )
 
 
-def print_error(error: PullerError) -> None:
-    print("docker_image_puller.py: " + Text("error: {message}", message=error.render()).render(), file=sys.stderr)
+def print_error(error: PullerError, reference: Optional[Reference] = None) -> None:
+    message = error.render()
+    if reference is not None:
+        message = "%s: %s" % (reference, message)
+    print(program_name() + ": " + Text("error: {message}", message=message).render(), file=sys.stderr)
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
@@ -2521,28 +2550,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_FAILURE
 
     handlers = setup_logging(settings.directory, args.verbose, args.quiet)
+    if any(settings.network.verify_tls("https://%s/" % r.api_host) is False for r in references):
+        # The user chose not to verify these certificates; urllib3 would warn on every request.
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
     cancel = threading.Event()
     previous_sigterm = None
     if threading.current_thread() is threading.main_thread():
         previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
     LOGGER.info(Text("docker-image-puller {version} started.", version=__version__), extra=FILE_ONLY)
+    failures = 0
     try:
         for reference in references:
-            result = pull_image(reference, settings, cancel)
+            # A failed image cancels its own downloads only, and the next image still runs.
+            cancel = threading.Event()
+            try:
+                result = pull_image(reference, settings, cancel)
+            except PullerError as error:
+                cancel.set()
+                failures += 1
+                LOGGER.error("%s: %s", reference, error.render("en"), exc_info=args.verbose, extra=FILE_ONLY)
+                if args.verbose:
+                    traceback.print_exc()
+                print_error(error, reference)
+                continue
             if not args.quiet:
                 print(result.archive)
-        return EXIT_OK
+        return EXIT_FAILURE if failures else EXIT_OK
     except (KeyboardInterrupt, Terminated, Cancelled) as interruption:
         cancel.set()
         LOGGER.error(Text("Interrupted; downloads so far are kept. Run the same command again to resume."))
         return SIGTERM_EXIT if isinstance(interruption, Terminated) else EXIT_INTERRUPTED
-    except PullerError as error:
-        cancel.set()
-        LOGGER.error(error.render("en"), exc_info=args.verbose, extra=FILE_ONLY)
-        if args.verbose:
-            traceback.print_exc()
-        print_error(error)
-        return error.exit_code
     except Exception as error:  # a bug: report it as one, with the traceback in the log
         cancel.set()
         LOGGER.error("Unexpected error", exc_info=True, extra=FILE_ONLY)

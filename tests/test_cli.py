@@ -251,3 +251,38 @@ def test_progress_bars_on_terminal(tmp_path):
     assert "team/app: 100%" in text
     for layer in image["layer_digests"]:
         assert layer.split(":")[1][:12] + ":" in text
+
+
+def test_failed_image_does_not_stop_others(tmp_path):
+    with FakeRegistry() as fake:
+        fake.add_image("team/app", "v1", [random_layer(1, 4096)])
+        fake.add_image("team/other", "v2", [random_layer(2, 4096)])
+        result = run_puller(["%s/team/missing:v1" % fake.host, "%s/team/app:v1" % fake.host, "%s/team/other:v2" % fake.host, "-d", str(tmp_path)])
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 1
+    assert "%s/team/missing:v1: " % fake.host in errors[0]
+    assert (tmp_path / "team_app_v1.tar").is_file()
+    assert (tmp_path / "team_other_v2.tar").is_file()
+    assert result.stdout.split() == [str(tmp_path / "team_app_v1.tar"), str(tmp_path / "team_other_v2.tar")]
+
+
+def test_colliding_archive_names_rejected(tmp_path):
+    result = run_puller(["127.0.0.1:9/team/app:v1", "127.0.0.1:9/team_app:v1", "-d", str(tmp_path / "work")])
+    assert result.returncode == 2
+    assert "team_app_v1.tar" in result.stderr
+    assert not (tmp_path / "work").exists()
+
+
+def test_empty_password_stdin_rejected(tmp_path):
+    result = run_puller(["127.0.0.1:9/team/app:v1", "-u", "alice", "--password-stdin", "-d", str(tmp_path / "work")], stdin="\n")
+    assert result.returncode == 2
+    assert "password read from standard input is empty" in result.stderr
+
+
+def test_default_platform_mismatch_warns(tmp_path):
+    with FakeRegistry() as fake:
+        fake.add_image("team/app", "v1", [random_layer(1, 4096)], platform=("linux", "arm64", "v8"))
+        result = run_puller(["%s/team/app:v1" % fake.host, "-d", str(tmp_path)])
+    assert result.returncode == 0
+    assert "built for linux/arm64/v8 only" in result.stderr
