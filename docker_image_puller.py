@@ -954,7 +954,7 @@ class RegistryClient:
     Connection errors and the statuses in RETRY_STATUSES are retried with backoff.
     """
 
-    def __init__(self, reference: Reference, options: NetworkOptions, credentials: Optional[Credentials], cancel: threading.Event) -> None:
+    def __init__(self, reference: Reference, options: NetworkOptions, credentials: Optional[Credentials], cancel: threading.Event, limiter: Optional["RateLimiter"] = None) -> None:
         self.reference = reference
         self.host = reference.api_host
         self.options = options
@@ -962,6 +962,8 @@ class RegistryClient:
         self.scope = repository_scope(reference.repository)
         self.base_url = "https://" + self.host
         self.auth = Authenticator(self, credentials)
+        self.limiter = limiter or RateLimiter(None)
+        self.ranges_ignored = False  # set once a ranged request got the whole blob
         self._local = threading.local()
         self._sessions: List[requests.Session] = []
         self._sessions_lock = threading.Lock()
@@ -1372,6 +1374,7 @@ def check_config(config: dict, image: ImageManifest, requested: Optional[Platfor
 BLOB_FILE = "blob"
 PART_SUFFIX = ".part"
 META_FILE = "meta.json"
+SEGMENTS_FILE = "segments.json"  # progress of each byte range of a segmented blob.part
 _CONTENT_RANGE_RE = re.compile(r"bytes[ \t]+(\d+)-(\d+)/(\d+|\*)")
 # A 206 whose Content-Range starts elsewhere than asked is retried with Range this many
 # times before the blob is fetched whole, without Range.
@@ -1525,6 +1528,9 @@ class BlobStore:
     def part_path(self, digest: str) -> str:
         return self.blob_path(digest) + PART_SUFFIX
 
+    def segments_path(self, digest: str) -> str:
+        return os.path.join(self.blob_folder(digest), SEGMENTS_FILE)
+
     def write_meta(self, descriptor: Descriptor, state: str) -> None:
         meta = {
             "digest": descriptor.digest,
@@ -1575,10 +1581,11 @@ class BlobDownloader:
     from zero before it is reported.
     """
 
-    def __init__(self, client: RegistryClient, store: BlobStore, progress: "Progress") -> None:
+    def __init__(self, client: RegistryClient, store: BlobStore, progress: "Progress", budget: Optional["ConnectionBudget"] = None) -> None:
         self.client = client
         self.store = store
         self.progress = progress
+        self.budget = budget or ConnectionBudget(1)
 
     def fetch(self, descriptor: Descriptor) -> str:
         """Return the path of the verified blob, downloading what is missing."""
@@ -1593,6 +1600,14 @@ class BlobDownloader:
         # here, and then finds the blob finished and verified.
         with locked(os.path.join(folder, LOCK_FILE), self.client.cancel):
             return self._fetch_locked(descriptor, folder)
+
+    def fetch_with_connection(self, descriptor: Descriptor) -> str:
+        """Fetch a blob while holding one connection of the -t budget."""
+        self.budget.acquire(self.client.cancel)
+        try:
+            return self.fetch(descriptor)
+        finally:
+            self.budget.release()
 
     def _fetch_locked(self, descriptor: Descriptor, folder: str) -> str:
         try:
@@ -1614,6 +1629,7 @@ class BlobDownloader:
             if size == descriptor.size and actual == descriptor.digest:
                 break
             os.remove(part)
+            remove_if_present(self.store.segments_path(descriptor.digest))
             mismatch = DigestMismatchError(
                 Text("Blob {digest} of {image} from {url} failed verification: got {size} bytes with digest {actual}, expected {expected_size} bytes.", digest=descriptor.digest, image=self.client.reference.name, url=redact_url(self.client.blob_url(descriptor.digest)), size=size, actual=actual, expected_size=descriptor.size),
                 descriptor.digest, actual, size,
@@ -1632,7 +1648,17 @@ class BlobDownloader:
         return final
 
     def _download(self, descriptor: Descriptor, path: str) -> Tuple[str, int]:
-        """Complete the .part file; return its digest and size."""
+        """Complete the .part file; return its digest and size.
+
+        A blob of SEGMENT_THRESHOLD bytes or more is fetched as several byte ranges at
+        once, unless the registry has shown that it ignores Range.
+        """
+        if descriptor.size >= SEGMENT_THRESHOLD and not self.client.ranges_ignored:
+            try:
+                return SegmentedDownload(self, descriptor, path).run()
+            except RangeIgnored:
+                self.client.ranges_ignored = True
+                LOGGER.warning(Text("The registry {registry} ignores Range requests; blob {digest} is downloaded over one connection.", registry=self.client.host, digest=descriptor.digest))
         try:
             part = PartFile.open(path, descriptor)
         except OSError as error:
@@ -1684,6 +1710,7 @@ class BlobDownloader:
             for chunk in iter_raw_body(response):
                 if cancel.is_set():
                     raise Cancelled()
+                self.client.limiter.consume(len(chunk), cancel)
                 room = descriptor.size - part.offset
                 if len(chunk) > room:
                     chunk = chunk[:room]
@@ -1821,6 +1848,316 @@ class PartFile:
         self.handle.close()
 
 
+# -- segmented downloads --------------------------------------------------------------
+
+SEGMENT_THRESHOLD = 16 * 1024 * 1024  # blobs from this size up are fetched as byte ranges
+MIN_SEGMENT_SIZE = 8 * 1024 * 1024
+SEGMENT_STATE_INTERVAL = 1.0  # seconds between saves of segments.json
+
+
+def remove_if_present(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
+
+class ConnectionBudget:
+    """The -t budget: how many connections all downloads of a run may hold at once."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self._semaphore = threading.Semaphore(threads)
+
+    def try_acquire(self) -> bool:
+        return self._semaphore.acquire(blocking=False)
+
+    def acquire(self, cancel: threading.Event) -> None:
+        while not self._semaphore.acquire(timeout=LOCK_POLL_SECONDS):
+            if cancel.is_set():
+                raise Cancelled()
+
+    def release(self) -> None:
+        self._semaphore.release()
+
+
+class RateLimiter:
+    """A token bucket shared by every connection of a run; None means no limit."""
+
+    BURST_SECONDS = 0.25  # credit that an idle connection may spend at once
+
+    def __init__(self, bytes_per_second: Optional[float]) -> None:
+        self.rate = bytes_per_second
+        self._lock = threading.Lock()
+        self._next = time.monotonic()
+
+    def consume(self, count: int, cancel: threading.Event) -> None:
+        """Sleep as long as the bytes just received put the run ahead of its rate."""
+        if not self.rate:
+            return
+        with self._lock:
+            now = time.monotonic()
+            self._next = max(self._next, now - self.BURST_SECONDS) + count / self.rate
+            delay = self._next - now
+        if delay > 0 and cancel.wait(delay):
+            raise Cancelled()
+
+
+class RangeIgnored(Exception):
+    """A ranged request got the whole blob (HTTP 200): the registry does not serve ranges."""
+
+
+@dataclass
+class Segment:
+    start: int
+    end: int  # exclusive
+    done: int = 0  # bytes of this range written to the .part file
+
+    @property
+    def position(self) -> int:
+        return self.start + self.done
+
+    @property
+    def complete(self) -> bool:
+        return self.start + self.done >= self.end
+
+
+def plan_segments(size: int, threads: int, prefix: int = 0) -> List[Segment]:
+    """Split a blob into at most ``threads`` ranges of MIN_SEGMENT_SIZE or more.
+
+    ``prefix`` bytes from the start are already on disk (a .part file written over one
+    connection) and count as done.
+    """
+    count = max(1, min(threads, size // MIN_SEGMENT_SIZE))
+    length = -(-size // count)
+    segments = []
+    for start in range(0, size, length):
+        end = min(size, start + length)
+        segments.append(Segment(start, end, max(0, min(end, prefix) - start)))
+    return segments
+
+
+def load_segments(path: str, size: int) -> Optional[List[Segment]]:
+    """Read segments.json; None when it is missing, damaged or made for another size."""
+    try:
+        with open(path, "rb") as handle:
+            state = json.loads(handle.read(MAX_MANIFEST_BYTES).decode("utf-8"))
+        segments = [Segment(int(start), int(end), int(done)) for start, end, done in state["segments"]]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        LOGGER.warning(Text("{path} is damaged; the segments of this blob start over.", path=path))
+        return None
+    expected_start = 0
+    for segment in segments:
+        if segment.start != expected_start or not 0 <= segment.done <= segment.end - segment.start:
+            return None
+        expected_start = segment.end
+    return segments if state.get("size") == size and expected_start == size else None
+
+
+class SegmentedDownload:
+    """One blob fetched as several byte ranges at once, all within the run's -t budget.
+
+    Each range is written at its place in a .part file of the blob's full size, and its
+    progress is saved in segments.json, so that it resumes on its own in this run and
+    the next. A hashing thread reads the file in order as soon as the bytes before its
+    position are complete, so the sha256 check overlaps the download.
+    """
+
+    def __init__(self, downloader: BlobDownloader, descriptor: Descriptor, path: str) -> None:
+        self.downloader = downloader
+        self.client = downloader.client
+        self.descriptor = descriptor
+        self.path = path
+        self.state_path = downloader.store.segments_path(descriptor.digest)
+        self.condition = threading.Condition()
+        self.failure: Optional[BaseException] = None
+        self.stop = threading.Event()
+        self.segments: List[Segment] = []
+        self.pending: List[Segment] = []
+        self.hashed = 0  # bytes from the start of the blob that went through the hasher
+
+    # -- setup and state ---------------------------------------------------
+
+    def _prepare(self) -> None:
+        size = self.descriptor.size
+        segments = load_segments(self.state_path, size) if os.path.exists(self.path) else None
+        if segments is None:
+            prefix = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+            segments = plan_segments(size, self.downloader.budget.threads, prefix if prefix <= size else 0)
+        with open(self.path, "r+b" if os.path.exists(self.path) else "w+b") as handle:
+            handle.truncate(size)
+        self.segments = segments
+        self.pending = [segment for segment in segments if not segment.complete]
+        done = sum(segment.done for segment in segments)
+        if done:
+            LOGGER.info(Text("Resuming blob {digest} at {done} of {size} bytes in {count} ranges.", digest=self.descriptor.digest, done=done, size=size, count=len(self.pending)))
+        self._save_state()
+
+    def _save_state(self) -> None:
+        with self.condition:
+            state = {"size": self.descriptor.size, "segments": [[s.start, s.end, s.done] for s in self.segments]}
+        write_json_atomically(self.state_path, state)
+
+    def _available(self, position: int) -> int:
+        """Return how far the bytes from ``position`` on are on disk without a gap."""
+        for segment in self.segments:
+            if segment.start <= position < segment.end:
+                return segment.position if segment.position > position else position
+        return position
+
+    # -- the download --------------------------------------------------------
+
+    def run(self) -> Tuple[str, int]:
+        """Complete the .part file; return its digest and the number of bytes hashed."""
+        try:
+            self._prepare()
+        except OSError as error:
+            raise local_error(Text("Opening"), self.path, error) from error
+        hasher = hashlib.new(self.descriptor.algorithm)
+        hashing = threading.Thread(target=self._hash, args=(hasher,), name="blob-hash", daemon=True)
+        helpers: List[threading.Thread] = []
+        with self.downloader.progress.blob_bar(self.descriptor, sum(s.done for s in self.segments)) as bar:
+            self.bar = bar
+            hashing.start()
+            try:
+                self._work(helpers)
+            except BaseException as error:  # Ctrl-C in this thread: stop the helpers too
+                self._fail(error)
+            for helper in helpers:
+                helper.join()
+            if self.failure is not None:
+                self.stop.set()
+            hashing.join()
+        self._save_state()
+        if self.failure is not None:
+            if isinstance(self.failure, RangeIgnored):
+                self._keep_prefix_only()
+            raise self.failure
+        remove_if_present(self.state_path)
+        return "%s:%s" % (self.descriptor.algorithm, hasher.hexdigest()), self.hashed
+
+    def _work(self, helpers: List[threading.Thread]) -> None:
+        """Download ranges in this thread, and start helpers while the budget has room."""
+        while True:
+            with self.condition:
+                if not self.pending or self.failure is not None:
+                    return
+                segment = self.pending.pop(0)
+                spare = len(self.pending)
+            while spare > 0 and self.downloader.budget.try_acquire():
+                helper = threading.Thread(target=self._help, name="blob-range", daemon=True)
+                helpers.append(helper)
+                helper.start()
+                spare -= 1
+            self._fetch_guarded(segment)
+
+    def _help(self) -> None:
+        try:
+            while True:
+                with self.condition:
+                    if not self.pending or self.failure is not None:
+                        return
+                    segment = self.pending.pop(0)
+                self._fetch_guarded(segment)
+        finally:
+            self.downloader.budget.release()
+
+    def _fetch_guarded(self, segment: Segment) -> None:
+        try:
+            self._fetch(segment)
+        except BaseException as error:  # handed to run(), which raises it in the blob's task
+            self._fail(error)
+
+    def _fail(self, error: BaseException) -> None:
+        with self.condition:
+            if self.failure is None or isinstance(self.failure, Cancelled):
+                self.failure = error
+            self.condition.notify_all()
+
+    def _fetch(self, segment: Segment) -> None:
+        client = self.client
+        url = client.blob_url(self.descriptor.digest)
+        phase = Text("Downloading blob {digest} of {image}", digest=self.descriptor.digest, image=client.reference.name)
+        retry = client.new_retry_budget()
+        with open(self.path, "r+b", buffering=0) as handle:
+            while not segment.complete:
+                if self.failure is not None:
+                    return
+                headers = {"Accept-Encoding": "identity", "Range": "bytes=%d-%d" % (segment.position, segment.end - 1)}
+                try:
+                    response = client.send_with_retries("GET", url, headers=headers, phase=phase, retry=retry, accept_statuses=(416,))
+                    with contextlib.closing(response):
+                        reject_html_blob(response, phase)
+                        if response.status_code == 200:
+                            raise RangeIgnored()
+                        body_start(response, segment.position, phase)
+                        self._copy(response, handle, segment, phase)
+                except RegistryError as error:
+                    retry.wait_or_raise(error)
+
+    def _copy(self, response: requests.Response, handle, segment: Segment, phase: Text) -> None:
+        cancel = self.client.cancel
+        handle.seek(segment.position)
+        try:
+            for chunk in iter_raw_body(response):
+                if cancel.is_set() or self.failure is not None:
+                    raise Cancelled()
+                self.client.limiter.consume(len(chunk), cancel)
+                chunk = chunk[:segment.end - segment.position]
+                view = memoryview(chunk)
+                while view:
+                    try:
+                        written = handle.write(view)
+                    except OSError as error:
+                        raise local_error(Text("Writing"), self.path, error) from error
+                    view = view[written:]
+                with self.condition:
+                    segment.done += len(chunk)
+                    self.condition.notify_all()
+                self.bar.update(len(chunk))
+                if segment.complete:
+                    return
+        except TRANSIENT_ERRORS as error:
+            raise RegistryError(
+                Text("{phase} failed after {offset} of {size} bytes: {error}.", phase=phase, offset=segment.position, size=self.descriptor.size, error=short_error(error)),
+                NETWORK_HINT, url=response.url,
+            ) from error
+        raise RegistryError(
+            Text("{phase} failed: the connection closed after {offset} of {size} bytes.", phase=phase, offset=segment.position, size=self.descriptor.size),
+            NETWORK_HINT, url=response.url,
+        )
+
+    def _hash(self, hasher) -> None:
+        """Hash the file in order, waiting for each byte to be written; save progress now and then."""
+        size = self.descriptor.size
+        position = 0
+        saved_at = time.monotonic()
+        # Unbuffered: a buffered reader would serve read-ahead bytes that were still zeros.
+        with open(self.path, "rb", buffering=0) as handle:
+            while position < size:
+                with self.condition:
+                    while self._available(position) <= position:
+                        if self.stop.is_set():
+                            return
+                        self.condition.wait(0.5)
+                    limit = self._available(position)
+                handle.seek(position)
+                data = handle.read(min(CHUNK_SIZE, limit - position))
+                hasher.update(data)
+                position += len(data)
+                self.hashed = position
+                if time.monotonic() - saved_at > SEGMENT_STATE_INTERVAL:
+                    self._save_state()
+                    saved_at = time.monotonic()
+
+    def _keep_prefix_only(self) -> None:
+        """Cut the .part file to its gap-free prefix and drop segments.json, for one connection."""
+        prefix = self._available(0)
+        with open(self.path, "r+b") as handle:
+            handle.truncate(prefix)
+        remove_if_present(self.state_path)
+
+
 def download_blobs(downloader: BlobDownloader, descriptors: Sequence[Descriptor], threads: int) -> Dict[str, str]:
     """Fetch each distinct blob once, ``threads`` at a time; return digest -> path.
 
@@ -1833,7 +2170,7 @@ def download_blobs(downloader: BlobDownloader, descriptors: Sequence[Descriptor]
     cancel = downloader.client.cancel
     paths: Dict[str, str] = {}
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="blob")
-    futures = {pool.submit(downloader.fetch, descriptor): digest for digest, descriptor in unique.items()}
+    futures = {pool.submit(downloader.fetch_with_connection, descriptor): digest for digest, descriptor in unique.items()}
     failure: Optional[BaseException] = None
     try:
         pending = set(futures)
@@ -2119,6 +2456,7 @@ class PullSettings:
     network: NetworkOptions
     credentials: Optional[Credentials]
     show_progress: bool
+    limiter: RateLimiter = field(default_factory=lambda: RateLimiter(None))  # shared by every image of the run
 
 
 @dataclass
@@ -2186,7 +2524,7 @@ def check_free_space(store: BlobStore, blobs: Sequence[Descriptor], archive: str
 def pull_image(reference: Reference, settings: PullSettings, cancel: threading.Event) -> PullResult:
     """Pull one image into its archive; every failure raises a PullerError or Cancelled."""
     LOGGER.info(Text("Pulling {reference} from {host} into {directory}.", reference=reference, host=reference.api_host, directory=os.path.abspath(settings.directory)))
-    client = RegistryClient(reference, settings.network, settings.credentials, cancel)
+    client = RegistryClient(reference, settings.network, settings.credentials, cancel, settings.limiter)
     try:
         client.ping()
         image = resolve_image(client, settings.platform)
@@ -2199,7 +2537,7 @@ def pull_image(reference: Reference, settings: PullSettings, cancel: threading.E
         check_free_space(store, list(distinct.values()), archive, len(image.manifest.raw))
 
         with Progress(settings.show_progress, total, reference.familiar_name) as progress:
-            downloader = BlobDownloader(client, store, progress)
+            downloader = BlobDownloader(client, store, progress, ConnectionBudget(settings.threads))
             config_path = downloader.fetch(image.config)
             platform = check_config(load_config_blob(config_path, image.config), image, settings.platform if settings.platform_explicit else None)
             paths = download_blobs(downloader, image.layers, settings.threads)
@@ -2365,6 +2703,9 @@ ZH_MESSAGES = {
     "The password read from standard input is empty.": "从标准输入读到的密码为空。",
     "{first} and {second} would both be written to {path}; pull them in separate runs with different -d or -o.": "{first} 和 {second} 会写入同一个文件 {path}；请分两次运行，并使用不同的 -d 或 -o。",
     "The image {image} is built for {actual} only; it is pulled as it is. Add --platform to require a platform.": "镜像 {image} 只为 {actual} 构建；按原样拉取。如需限定平台，请加 --platform。",
+    "The registry {registry} ignores Range requests; blob {digest} is downloaded over one connection.": "registry {registry} 不支持 Range 请求；blob {digest} 改为单连接下载。",
+    "{path} is damaged; the segments of this blob start over.": "{path} 已损坏；该 blob 的分段从头下载。",
+    "Resuming blob {digest} at {done} of {size} bytes in {count} ranges.": "blob {digest} 续传：已有 {done}/{size} 字节，剩余 {count} 个分段。",
     # command line
     "Pull container images from a registry into archives that docker load, podman load and ctr images import accept, without a Docker daemon.": "无需 Docker 守护进程，从 registry 拉取容器镜像，生成 docker load、podman load 和 ctr images import 都能导入的归档。",
     "examples:\n  python docker_image_puller.py nginx:latest -t 12\n  python docker_image_puller.py registry.example.com:5000/team/app:v1 --platform linux/arm64 -d images\n  echo \"$TOKEN\" | python docker_image_puller.py -u alice --password-stdin ghcr.io/alice/app:1.0\n\nexit status: 0 success, 1 failure, 2 usage error, 130 interrupted (run the same command again to resume).": "示例：\n  python docker_image_puller.py nginx:latest -t 12\n  python docker_image_puller.py registry.example.com:5000/team/app:v1 --platform linux/arm64 -d images\n  echo \"$TOKEN\" | python docker_image_puller.py -u alice --password-stdin ghcr.io/alice/app:1.0\n\n退出码：0 成功，1 失败，2 用法错误，130 被中断（重新运行同一命令即可续传）。",

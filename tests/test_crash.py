@@ -2,7 +2,7 @@
 
 The pull goes through a throttling relay so that it lasts a few seconds. Kills are aimed at
 three phases in a seeded random order: start-up (before or while the manifest is fetched),
-download (while a .part file grows) and the archive write (while FILE.tar.part exists).
+download (while a .part file exists) and the archive write (while FILE.tar.part exists).
 After every kill no file under a final name may hold unverified bytes, and after the last
 kill one more run must produce exactly the archive of an uninterrupted pull.
 Set CRASH_SEED to replay a run; the seed is printed.
@@ -47,20 +47,13 @@ def wait_for(condition, process: subprocess.Popen, timeout: float) -> bool:
     return False
 
 
-def part_growing(folder: Path):
-    sizes = {}
+def part_started(folder: Path):
+    """A download is under way once a blob.part exists (a segmented one has its full size at once)."""
 
-    def grew() -> bool:
-        for part in folder.rglob("blob.part"):
-            try:
-                size = part.stat().st_size
-            except FileNotFoundError:
-                continue
-            if sizes.setdefault(part, size) < size:
-                return True
-        return False
+    def started() -> bool:
+        return any(True for _ in folder.rglob("blob.part"))
 
-    return grew
+    return started
 
 
 def kill_run(arguments, target: str, rng: random.Random, work: Path, archive: Path) -> str:
@@ -71,7 +64,7 @@ def kill_run(arguments, target: str, rng: random.Random, work: Path, archive: Pa
             time.sleep(rng.uniform(0.05, 0.45))
             reached = process.poll() is None
         elif target == "download":
-            reached = wait_for(part_growing(work), process, 30) and not time.sleep(rng.uniform(0.0, 0.6))
+            reached = wait_for(part_started(work), process, 30) and not time.sleep(rng.uniform(0.05, 0.6))
         else:
             partial = archive.with_name(archive.name + ".part")
             reached = wait_for(partial.exists, process, 30) and not time.sleep(rng.uniform(0.0, 0.08))
