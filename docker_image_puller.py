@@ -987,6 +987,17 @@ class RegistryClient:
                 session.close()
             self._sessions.clear()
 
+    def close_thread_session(self) -> None:
+        """Close this thread's connections; a helper thread calls it before it ends."""
+        session = getattr(self._local, "session", None)
+        if session is None:
+            return
+        self._local.session = None
+        with self._sessions_lock:
+            if session in self._sessions:
+                self._sessions.remove(session)
+        session.close()
+
     def new_retry_budget(self) -> RetryBudget:
         return RetryBudget(self.options, self.cancel)
 
@@ -1541,6 +1552,35 @@ class BlobStore:
         }
         write_json_atomically(os.path.join(self.blob_folder(descriptor.digest), META_FILE), meta)
 
+    def remove_blobs(self, blobs: Sequence[Descriptor]) -> None:
+        """Delete these blobs' folders after the archive is written (--remove-blobs).
+
+        A blob whose lock another process holds is left alone, since that process is
+        using it.
+        """
+        removed = 0
+        for descriptor in blobs:
+            folder = self.blob_folder(descriptor.digest)
+            lock = FileLock(os.path.join(folder, LOCK_FILE))
+            if not os.path.isdir(folder) or not lock.try_acquire():
+                continue
+            try:
+                for name in (BLOB_FILE, BLOB_FILE + PART_SUFFIX, META_FILE, SEGMENTS_FILE):
+                    remove_if_present(os.path.join(folder, name))
+            finally:
+                lock.release()
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(folder, LOCK_FILE))
+                os.rmdir(folder)
+            removed += 1
+        for name in os.listdir(self.folder) if os.path.isdir(self.folder) else []:
+            if name.startswith("archive-") and name.endswith(".lock"):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(self.folder, name))
+        with contextlib.suppress(OSError):
+            os.rmdir(self.folder)
+        LOGGER.info(Text("Removed {count} downloaded blobs from {folder}.", count=removed, folder=self.folder))
+
     def check_meta(self, descriptor: Descriptor) -> bool:
         """Return False, with a warning, for a meta.json that is not valid JSON or names another blob.
 
@@ -1975,6 +2015,8 @@ class SegmentedDownload:
         self.segments: List[Segment] = []
         self.pending: List[Segment] = []
         self.hashed = 0  # bytes from the start of the blob that went through the hasher
+        self.save_lock = threading.Lock()
+        self.saved_at = 0.0
 
     # -- setup and state ---------------------------------------------------
 
@@ -1994,9 +2036,19 @@ class SegmentedDownload:
         self._save_state()
 
     def _save_state(self) -> None:
-        with self.condition:
-            state = {"size": self.descriptor.size, "segments": [[s.start, s.end, s.done] for s in self.segments]}
-        write_json_atomically(self.state_path, state)
+        with self.save_lock:
+            with self.condition:
+                state = {"size": self.descriptor.size, "segments": [[s.start, s.end, s.done] for s in self.segments]}
+            write_json_atomically(self.state_path, state)
+            self.saved_at = time.monotonic()
+
+    def _maybe_save_state(self) -> None:
+        """Save progress at most every SEGMENT_STATE_INTERVAL seconds, from whichever thread comes by."""
+        if time.monotonic() - self.saved_at > SEGMENT_STATE_INTERVAL:
+            try:
+                self._save_state()
+            except OSError as error:
+                raise local_error(Text("Writing"), self.state_path, error) from error
 
     def _available(self, position: int) -> int:
         """Return how far the bytes from ``position`` on are on disk without a gap."""
@@ -2060,6 +2112,7 @@ class SegmentedDownload:
                     segment = self.pending.pop(0)
                 self._fetch_guarded(segment)
         finally:
+            self.client.close_thread_session()
             self.downloader.budget.release()
 
     def _fetch_guarded(self, segment: Segment) -> None:
@@ -2115,6 +2168,7 @@ class SegmentedDownload:
                     segment.done += len(chunk)
                     self.condition.notify_all()
                 self.bar.update(len(chunk))
+                self._maybe_save_state()
                 if segment.complete:
                     return
         except TRANSIENT_ERRORS as error:
@@ -2128,10 +2182,9 @@ class SegmentedDownload:
         )
 
     def _hash(self, hasher) -> None:
-        """Hash the file in order, waiting for each byte to be written; save progress now and then."""
+        """Hash the file in order, waiting for each byte to be written."""
         size = self.descriptor.size
         position = 0
-        saved_at = time.monotonic()
         # Unbuffered: a buffered reader would serve read-ahead bytes that were still zeros.
         with open(self.path, "rb", buffering=0) as handle:
             while position < size:
@@ -2146,9 +2199,6 @@ class SegmentedDownload:
                 hasher.update(data)
                 position += len(data)
                 self.hashed = position
-                if time.monotonic() - saved_at > SEGMENT_STATE_INTERVAL:
-                    self._save_state()
-                    saved_at = time.monotonic()
 
     def _keep_prefix_only(self) -> None:
         """Cut the .part file to its gap-free prefix and drop segments.json, for one connection."""
@@ -2275,30 +2325,30 @@ def archive_metadata(reference: Reference, image: ImageManifest) -> Dict[str, by
     }
 
 
+STDOUT_ARCHIVE = "-"  # -o - streams the archive to standard output
+
+
 def write_archive(path: str, reference: Reference, image: ImageManifest, blob_paths: Dict[str, str], cancel: threading.Event) -> None:
     """Write the archive under a temporary name and rename it when it is complete.
 
     Blobs are copied unchanged (layers stay compressed) and hashed again on the way, so
-    the archive holds only verified bytes even if a blob changed on disk since.
+    the archive holds only verified bytes even if a blob changed on disk since. With
+    path "-" the archive streams to standard output instead, with no file on disk.
     """
+    if path == STDOUT_ARCHIVE:
+        try:
+            with tarfile.open(fileobj=sys.stdout.buffer, mode="w|", format=tarfile.PAX_FORMAT, bufsize=ARCHIVE_BUFFER_SIZE) as tar:
+                _write_members(tar, reference, image, blob_paths, cancel)
+            sys.stdout.buffer.flush()
+        except OSError as error:
+            raise local_error(Text("Writing the archive"), "<stdout>", error) from error
+        return
+
     temporary = path + PART_SUFFIX
-    blobs = [(image.config.digest, image.config.size)]
-    for layer in image.layers:
-        if all(layer.digest != digest for digest, _ in blobs):
-            blobs.append((layer.digest, layer.size))
-    directories = sorted({"blobs", "blobs/" + image.manifest.digest.split(":")[0]} | {"blobs/" + digest.split(":")[0] for digest, _ in blobs})
     try:
         with open(temporary, "wb") as output:
             with tarfile.open(fileobj=output, mode="w", format=tarfile.PAX_FORMAT, copybufsize=ARCHIVE_BUFFER_SIZE) as tar:
-                for directory in directories:
-                    tar.addfile(_tar_info(directory, directory=True))
-                for digest, size in blobs:
-                    if cancel.is_set():
-                        raise Cancelled()
-                    _add_verified_blob(tar, digest, size, blob_paths[digest])
-                tar.addfile(_tar_info(blob_member(image.manifest.digest), len(image.manifest.raw)), io.BytesIO(image.manifest.raw))
-                for name, data in archive_metadata(reference, image).items():
-                    tar.addfile(_tar_info(name, len(data)), io.BytesIO(data))
+                _write_members(tar, reference, image, blob_paths, cancel)
             output.flush()
             os.fsync(output.fileno())
         os.replace(temporary, path)
@@ -2310,6 +2360,23 @@ def write_archive(path: str, reference: Reference, image: ImageManifest, blob_pa
         with contextlib.suppress(OSError):
             os.remove(temporary)
         raise
+
+
+def _write_members(tar: tarfile.TarFile, reference: Reference, image: ImageManifest, blob_paths: Dict[str, str], cancel: threading.Event) -> None:
+    blobs = [(image.config.digest, image.config.size)]
+    for layer in image.layers:
+        if all(layer.digest != digest for digest, _ in blobs):
+            blobs.append((layer.digest, layer.size))
+    directories = sorted({"blobs", "blobs/" + image.manifest.digest.split(":")[0]} | {"blobs/" + digest.split(":")[0] for digest, _ in blobs})
+    for directory in directories:
+        tar.addfile(_tar_info(directory, directory=True))
+    for digest, size in blobs:
+        if cancel.is_set():
+            raise Cancelled()
+        _add_verified_blob(tar, digest, size, blob_paths[digest])
+    tar.addfile(_tar_info(blob_member(image.manifest.digest), len(image.manifest.raw)), io.BytesIO(image.manifest.raw))
+    for name, data in archive_metadata(reference, image).items():
+        tar.addfile(_tar_info(name, len(data)), io.BytesIO(data))
 
 
 def _add_verified_blob(tar: tarfile.TarFile, digest: str, size: int, path: str) -> None:
@@ -2456,6 +2523,8 @@ class PullSettings:
     network: NetworkOptions
     credentials: Optional[Credentials]
     show_progress: bool
+    remove_blobs: bool = False
+    config_path: Optional[str] = None  # the config.ini that was read, if any
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(None))  # shared by every image of the run
 
 
@@ -2501,17 +2570,22 @@ def missing_bytes(store: BlobStore, descriptor: Descriptor) -> int:
     return descriptor.size - have if have <= descriptor.size else descriptor.size
 
 
-def check_free_space(store: BlobStore, blobs: Sequence[Descriptor], archive: str, manifest_size: int) -> None:
-    """Fail before downloading when the blobs still missing and the archive cannot fit."""
-    archive_folder = os.path.dirname(os.path.abspath(archive))
-    if not os.path.isdir(archive_folder):
-        raise LocalFileError(Text("The folder {path} for the archive does not exist.", path=archive_folder), Text("Create it, or choose another path with -o."))
+def check_free_space(store: BlobStore, blobs: Sequence[Descriptor], archive: Optional[str], manifest_size: int) -> None:
+    """Fail before downloading when the blobs still missing and the archive cannot fit.
+
+    ``archive`` is None when the archive goes to standard output and needs no space.
+    """
     downloads = sum(missing_bytes(store, descriptor) for descriptor in blobs)
-    archive_size = sum(descriptor.size for descriptor in blobs) + manifest_size + ARCHIVE_OVERHEAD_BYTES
-    if os.stat(store.root).st_dev == os.stat(archive_folder).st_dev:
-        needs = {store.root: downloads + archive_size}
-    else:
-        needs = {store.root: downloads, archive_folder: archive_size}
+    needs = {store.root: downloads}
+    if archive is not None:
+        archive_folder = os.path.dirname(os.path.abspath(archive))
+        if not os.path.isdir(archive_folder):
+            raise LocalFileError(Text("The folder {path} for the archive does not exist.", path=archive_folder), Text("Create it, or choose another path with -o."))
+        archive_size = sum(descriptor.size for descriptor in blobs) + manifest_size + ARCHIVE_OVERHEAD_BYTES
+        if os.stat(store.root).st_dev == os.stat(archive_folder).st_dev:
+            needs[store.root] += archive_size
+        else:
+            needs[archive_folder] = archive_size
     for folder, needed in needs.items():
         free = shutil.disk_usage(folder).free
         if free < needed:
@@ -2534,7 +2608,7 @@ def pull_image(reference: Reference, settings: PullSettings, cancel: threading.E
         archive = settings.output or os.path.join(settings.directory, reference.file_stem() + ".tar")
         distinct = {d.digest: d for d in [image.config] + image.layers}
         total = sum(d.size for d in distinct.values())
-        check_free_space(store, list(distinct.values()), archive, len(image.manifest.raw))
+        check_free_space(store, list(distinct.values()), None if archive == STDOUT_ARCHIVE else archive, len(image.manifest.raw))
 
         with Progress(settings.show_progress, total, reference.familiar_name) as progress:
             downloader = BlobDownloader(client, store, progress, ConnectionBudget(settings.threads))
@@ -2543,9 +2617,14 @@ def pull_image(reference: Reference, settings: PullSettings, cancel: threading.E
             paths = download_blobs(downloader, image.layers, settings.threads)
         paths[image.config.digest] = config_path
 
-        archive_lock = os.path.join(store.folder, "archive-%s.lock" % hashlib.sha256(os.path.abspath(archive).encode("utf-8")).hexdigest()[:16])
-        with locked(archive_lock, cancel):
+        if archive == STDOUT_ARCHIVE:
             write_archive(archive, reference, image, paths, cancel)
+        else:
+            archive_lock = os.path.join(store.folder, "archive-%s.lock" % hashlib.sha256(os.path.abspath(archive).encode("utf-8")).hexdigest()[:16])
+            with locked(archive_lock, cancel):
+                write_archive(archive, reference, image, paths, cancel)
+        if settings.remove_blobs:
+            store.remove_blobs(list(distinct.values()))
         LOGGER.info(Text("Wrote {archive}: {reference} {digest} ({platform}, {size} bytes).", archive=archive, reference=reference, digest=image.manifest.digest, platform=platform, size=total))
         return PullResult(reference, image.manifest.digest, platform, archive, total)
     finally:
@@ -2706,14 +2785,23 @@ ZH_MESSAGES = {
     "The registry {registry} ignores Range requests; blob {digest} is downloaded over one connection.": "registry {registry} 不支持 Range 请求；blob {digest} 改为单连接下载。",
     "{path} is damaged; the segments of this blob start over.": "{path} 已损坏；该 blob 的分段从头下载。",
     "Resuming blob {digest} at {done} of {size} bytes in {count} ranges.": "blob {digest} 续传：已有 {done}/{size} 字节，剩余 {count} 个分段。",
+    "Removed {count} downloaded blobs from {folder}.": "已从 {folder} 删除 {count} 个下载的 blob。",
+    "Invalid {source} {value!r}: expected bytes per second such as 500K, 50M or 1G.": "无效的 {source} {value!r}：应为每秒字节数，例如 500K、50M 或 1G。",
+    "The configuration file {path} does not exist.": "配置文件 {path} 不存在。",
+    "The configuration file {path} could not be read: {error}": "无法读取配置文件 {path}：{error}",
+    "Invalid value {value!r} for {key} in {path}.": "{path} 中 {key} 的值 {value!r} 无效。",
+    "Refusing to write a binary archive to a terminal; redirect standard output to a file or pipe it into docker load.": "拒绝把二进制归档写到终端；请把标准输出重定向到文件，或通过管道交给 docker load。",
+    "parallel connections, 1 to 20, shared by all blobs; a large blob is fetched as several ranges (default: 5)": "并发连接数，1 到 20，由所有 blob 共用；大的 blob 会分成多个区间并行下载（默认：5）",
+    "archive path, or - for standard output (default: DIR/<repository with / as _>_<tag>.tar)": "归档路径，- 表示标准输出（默认：DIR/<仓库名，/ 换成 _>_<标签>.tar）",
+    "delete the downloaded blobs from DIR once the archive is written": "写完归档后，从 DIR 删除已下载的 blob",
+    "cap the total download rate in bytes per second, e.g. 500K, 50M, 1G (default: no cap)": "限制总下载速率，单位为每秒字节数，例如 500K、50M、1G（默认：不限速）",
+    "configuration file (default: DIR/config.ini, else config.ini in the user's configuration folder)": "配置文件（默认：DIR/config.ini，其次是用户配置目录中的 config.ini）",
     # command line
     "Pull container images from a registry into archives that docker load, podman load and ctr images import accept, without a Docker daemon.": "无需 Docker 守护进程，从 registry 拉取容器镜像，生成 docker load、podman load 和 ctr images import 都能导入的归档。",
     "examples:\n  python docker_image_puller.py nginx:latest -t 12\n  python docker_image_puller.py registry.example.com:5000/team/app:v1 --platform linux/arm64 -d images\n  echo \"$TOKEN\" | python docker_image_puller.py -u alice --password-stdin ghcr.io/alice/app:1.0\n\nexit status: 0 success, 1 failure, 2 usage error, 130 interrupted (run the same command again to resume).": "示例：\n  python docker_image_puller.py nginx:latest -t 12\n  python docker_image_puller.py registry.example.com:5000/team/app:v1 --platform linux/arm64 -d images\n  echo \"$TOKEN\" | python docker_image_puller.py -u alice --password-stdin ghcr.io/alice/app:1.0\n\n退出码：0 成功，1 失败，2 用法错误，130 被中断（重新运行同一命令即可续传）。",
     "image reference: [HOST[:PORT]/]NAME[:TAG][@sha256:DIGEST]; nginx means docker.io/library/nginx:latest": "镜像引用：[主机[:端口]/]名称[:标签][@sha256:DIGEST]；nginx 即 docker.io/library/nginx:latest",
-    "parallel downloads, 1 to 20 (default: 5)": "并发下载数，1 到 20（默认：5）",
     "registry for references that name none (default: docker.io)": "未写明 registry 的镜像引用所用的 registry（默认：docker.io）",
     "working folder for downloads, the log and archives (default: the current folder)": "存放下载内容、日志和归档的工作目录（默认：当前目录）",
-    "archive path (default: DIR/<repository with / as _>_<tag>.tar)": "归档路径（默认：DIR/<仓库名，/ 换成 _>_<标签>.tar）",
     "platform to pull from a multi-platform image (default: $DOCKER_DEFAULT_PLATFORM or linux/amd64)": "从多平台镜像中拉取的平台（默认：$DOCKER_DEFAULT_PLATFORM 或 linux/amd64）",
     "registry user name (or $DOCKER_IMAGE_PULLER_USERNAME)": "registry 用户名（或 $DOCKER_IMAGE_PULLER_USERNAME）",
     "read the password or access token from standard input (or set $DOCKER_IMAGE_PULLER_PASSWORD)": "从标准输入读取密码或访问 token（或设置 $DOCKER_IMAGE_PULLER_PASSWORD）",
@@ -2778,18 +2866,21 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help=tr("image reference: [HOST[:PORT]/]NAME[:TAG][@sha256:DIGEST]; nginx means docker.io/library/nginx:latest"))
-    parser.add_argument("-t", "--threads", type=int, default=DEFAULT_THREADS, metavar="N", help=tr("parallel downloads, 1 to 20 (default: 5)"))
+    parser.add_argument("-t", "--threads", type=int, metavar="N", help=tr("parallel connections, 1 to 20, shared by all blobs; a large blob is fetched as several ranges (default: 5)"))
     parser.add_argument("-r", "--registry", metavar="HOST[:PORT]", help=tr("registry for references that name none (default: docker.io)"))
     parser.add_argument("-d", "--dir", default=".", metavar="DIR", help=tr("working folder for downloads, the log and archives (default: the current folder)"))
-    parser.add_argument("-o", "--output", metavar="FILE", help=tr("archive path (default: DIR/<repository with / as _>_<tag>.tar)"))
+    parser.add_argument("-o", "--output", metavar="FILE", help=tr("archive path, or - for standard output (default: DIR/<repository with / as _>_<tag>.tar)"))
+    parser.add_argument("--remove-blobs", action="store_true", help=tr("delete the downloaded blobs from DIR once the archive is written"))
+    parser.add_argument("--limit-rate", metavar="RATE", help=tr("cap the total download rate in bytes per second, e.g. 500K, 50M, 1G (default: no cap)"))
+    parser.add_argument("--config", metavar="FILE", help=tr("configuration file (default: DIR/config.ini, else config.ini in the user's configuration folder)"))
     parser.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help=tr("platform to pull from a multi-platform image (default: $DOCKER_DEFAULT_PLATFORM or linux/amd64)"))
     parser.add_argument("-u", "--username", metavar="USER", help=tr("registry user name (or $DOCKER_IMAGE_PULLER_USERNAME)"))
     parser.add_argument("--password-stdin", action="store_true", help=tr("read the password or access token from standard input (or set $DOCKER_IMAGE_PULLER_PASSWORD)"))
     parser.add_argument("-p", "--password", metavar="PASSWORD", help=tr("password on the command line: insecure, other users can read it; prefer --password-stdin"))
     parser.add_argument("--insecure", action="store_true", help=tr("allow plain HTTP and skip TLS certificate checks for the registries of this run"))
-    parser.add_argument("--retry", type=int, default=DEFAULT_RETRIES, metavar="N", help=tr("retries per request and per blob after network errors, 408, 429 and 5xx (default: 5)"))
+    parser.add_argument("--retry", type=int, metavar="N", help=tr("retries per request and per blob after network errors, 408, 429 and 5xx (default: 5)"))
     parser.add_argument("--retry-delay", type=float, default=DEFAULT_BACKOFF_BASE, metavar="SECONDS", help=tr("first backoff before a retry, doubled on each retry up to 30 s, with jitter (default: 1)"))
-    parser.add_argument("--timeout", type=float, default=DEFAULT_READ_TIMEOUT, metavar="SECONDS", help=tr("seconds without data before a connection is given up and retried (default: 60)"))
+    parser.add_argument("--timeout", type=float, metavar="SECONDS", help=tr("seconds without data before a connection is given up and retried (default: 60)"))
     output = parser.add_mutually_exclusive_group()
     output.add_argument("-v", "--verbose", action="store_true", help=tr("print debug lines (one per request) and tracebacks"))
     output.add_argument("-q", "--quiet", action="store_true", help=tr("print only errors: no progress bars, no messages"))
@@ -2831,7 +2922,90 @@ def read_credentials(args: argparse.Namespace, stdin) -> Optional[Credentials]:
     return Credentials(username, password)
 
 
+_RATE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmg]?)(?:i?b)?(?:/s)?", re.IGNORECASE)
+RATE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+CONFIG_FILE_NAME = "config.ini"
+# [network] keys of config.ini and the command-line options they stand in for.
+CONFIG_NETWORK_KEYS = {"max_bandwidth": "limit_rate", "threads": "threads", "retries": "retry", "timeout": "timeout"}
+
+
+def parse_rate(text: str, source: str = "--limit-rate") -> float:
+    """Parse a rate in bytes per second: 500K, 50M, 1G, 1.5M or a plain number (K = 1024)."""
+    match = _RATE_RE.fullmatch((text or "").strip())
+    if match is None or float(match.group(1)) <= 0:
+        raise UsageError(Text("Invalid {source} {value!r}: expected bytes per second such as 500K, 50M or 1G.", source=source, value=text))
+    return float(match.group(1)) * RATE_UNITS[match.group(2).lower()]
+
+
+def user_config_folder() -> str:
+    if os.name == "nt":
+        base = os.environ.get("APPDATA") or os.path.expanduser("~")
+    else:
+        base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "docker-image-puller")
+
+
+def load_config(args: argparse.Namespace) -> Tuple[Optional[str], Dict[str, str]]:
+    """Read the [network] section of the first config.ini found: --config, DIR, the user's folder.
+
+    Returns the file's path (None when there is none) and its values by option name.
+    """
+    import configparser
+
+    if args.config:
+        if not os.path.isfile(args.config):
+            raise UsageError(Text("The configuration file {path} does not exist.", path=args.config))
+        candidates = [args.config]
+    else:
+        candidates = [os.path.join(args.dir, CONFIG_FILE_NAME), os.path.join(user_config_folder(), CONFIG_FILE_NAME)]
+    for path in candidates:
+        if not os.path.isfile(path):
+            continue
+        parser = configparser.ConfigParser()
+        try:
+            with open(path, encoding="utf-8") as handle:
+                parser.read_file(handle)
+        except (OSError, UnicodeDecodeError, configparser.Error) as error:
+            raise UsageError(Text("The configuration file {path} could not be read: {error}", path=path, error=str(error).splitlines()[0]))
+        values = {}
+        if parser.has_section("network"):
+            for key, value in parser.items("network"):
+                if key in CONFIG_NETWORK_KEYS and value.strip():
+                    values[CONFIG_NETWORK_KEYS[key]] = value.strip()
+        return path, values
+    return None, {}
+
+
+def number_in_range(value: float, minimum: float, maximum: Optional[float]) -> float:
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(value)
+    return value
+
+
+def resolve_option(args: argparse.Namespace, config: Dict[str, str], config_path: Optional[str], name: str, convert: Callable[[str], object], default: object) -> object:
+    """Return the option from the command line, else from config.ini, else the default."""
+    value = getattr(args, name)
+    if value is not None:
+        return value
+    if name in config:
+        try:
+            return convert(config[name])
+        except (ValueError, UsageError):
+            key = next(k for k, v in CONFIG_NETWORK_KEYS.items() if v == name)
+            raise UsageError(Text("Invalid value {value!r} for {key} in {path}.", value=config[name], key=key, path=config_path))
+    return default
+
+
 def settings_from_args(args: argparse.Namespace, references: Sequence[Reference], stdin) -> PullSettings:
+    config_path, config = load_config(args)
+    args.threads = resolve_option(args, config, config_path, "threads", lambda text: number_in_range(int(text), 1, MAX_THREADS), DEFAULT_THREADS)
+    args.retry = resolve_option(args, config, config_path, "retry", lambda text: number_in_range(int(text), 0, None), DEFAULT_RETRIES)
+    args.timeout = resolve_option(args, config, config_path, "timeout", lambda text: number_in_range(float(text), 1e-3, None), DEFAULT_READ_TIMEOUT)
+    rate = resolve_option(args, config, config_path, "limit_rate", lambda text: parse_rate(text, "max_bandwidth"), None)
+    if isinstance(rate, str):
+        rate = parse_rate(rate)
+    if args.output == STDOUT_ARCHIVE and sys.stdout.isatty():
+        raise UsageError(Text("Refusing to write a binary archive to a terminal; redirect standard output to a file or pipe it into docker load."))
     if not 1 <= args.threads <= MAX_THREADS:
         raise UsageError(Text("Invalid --threads {value}: expected 1 to {maximum}.", value=args.threads, maximum=MAX_THREADS))
     if args.retry < 0:
@@ -2857,7 +3031,8 @@ def settings_from_args(args: argparse.Namespace, references: Sequence[Reference]
     return PullSettings(
         directory=args.dir, output=args.output, platform=platform, platform_explicit=bool(platform_text),
         threads=args.threads, network=network, credentials=read_credentials(args, stdin),
-        show_progress=not args.quiet and sys.stderr.isatty(),
+        show_progress=not args.quiet and sys.stderr.isatty(), remove_blobs=args.remove_blobs,
+        limiter=RateLimiter(rate), config_path=config_path,
     )
 
 
@@ -2899,6 +3074,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if threading.current_thread() is threading.main_thread():
         previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
     LOGGER.info(Text("docker-image-puller {version} started.", version=__version__), extra=FILE_ONLY)
+    LOGGER.info(
+        "Settings: threads=%d retries=%d timeout=%s limit_rate=%s config=%s", settings.threads,
+        settings.network.retries, settings.network.read_timeout, settings.limiter.rate, settings.config_path, extra=FILE_ONLY,
+    )
     failures = 0
     try:
         for reference in references:
@@ -2914,7 +3093,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     traceback.print_exc()
                 print_error(error, reference)
                 continue
-            if not args.quiet:
+            if not args.quiet and result.archive != STDOUT_ARCHIVE:
                 print(result.archive)
         return EXIT_FAILURE if failures else EXIT_OK
     except (KeyboardInterrupt, Terminated, Cancelled) as interruption:

@@ -251,6 +251,8 @@ class Endpoint(asyncio.BufferedProtocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        if self.name == "client":
+            self.relay.client_connected(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view
@@ -339,6 +341,7 @@ class Shaper:
         self.total_bucket = self._new_bucket(total_rate) if total_rate > 0 else None
         self._server: Optional[asyncio.AbstractServer] = None
         self._endpoints: Set[Endpoint] = set()
+        self._connecting: Set["asyncio.Task[None]"] = set()
 
     def _new_bucket(self, rate: float) -> TokenBucket:
         return TokenBucket(rate, max(float(self.read_size), rate * BURST_SECONDS))
@@ -369,14 +372,20 @@ class Shaper:
         self.stats.connections += 1
         self.stats.active_connections += 1
         self.stats.max_active_connections = max(self.stats.max_active_connections, self.stats.active_connections)
-        self.loop.create_task(self._connect_target(client))
         return client
 
+    def client_connected(self, client: Endpoint) -> None:
+        # asyncio starts reading right after connection_made, so without the
+        # pause the first request bytes would arrive before there is a target
+        # to forward them to. They wait in the socket's receive buffer instead.
+        assert client.transport is not None
+        client.transport.pause_reading()
+        task = self.loop.create_task(self._connect_target(client))
+        # The event loop keeps only weak references to tasks.
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+
     async def _connect_target(self, client: Endpoint) -> None:
-        # Bytes that the client sends before the target connection exists wait
-        # in the client socket's receive buffer.
-        if client.transport is not None:
-            client.transport.pause_reading()
         target = Endpoint(self, "target")
         try:
             await self.loop.create_connection(lambda: target, self.target[0], self.target[1])

@@ -24,6 +24,8 @@ class ThrottlingRelay:
         self.target = target
         self.rate = rate
         self.bytes_to_client = 0
+        self.active_connections = 0
+        self.max_active_connections = 0
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._sockets: List[socket.socket] = []
@@ -38,6 +40,7 @@ class ThrottlingRelay:
     def reset_count(self) -> None:
         with self._lock:
             self.bytes_to_client = 0
+            self.max_active_connections = self.active_connections
 
     def _accept_loop(self) -> None:
         while not self._closing.is_set():
@@ -53,6 +56,8 @@ class ThrottlingRelay:
             upstream.settimeout(None)
             with self._lock:
                 self._sockets.extend([client, upstream])
+                self.active_connections += 1
+                self.max_active_connections = max(self.max_active_connections, self.active_connections)
             threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
             threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
 
@@ -74,6 +79,9 @@ class ThrottlingRelay:
         except OSError:
             pass
         finally:
+            if throttled:  # one of the two pipes of a connection counts its end
+                with self._lock:
+                    self.active_connections -= 1
             for sock in (source, destination):
                 try:
                     sock.shutdown(socket.SHUT_RDWR)

@@ -181,7 +181,7 @@ def test_chinese_from_option_overrides_locale(tmp_path):
 def test_chinese_help():
     result = run_puller(["--help", "--lang", "zh"])
     assert result.returncode == 0
-    assert "用法" in result.stdout and "并发下载数" in result.stdout
+    assert "用法" in result.stdout and "并发连接数" in result.stdout
 
 
 def _message_templates():

@@ -1,0 +1,223 @@
+"""Segmented downloads, the connection budget, the rate cap, -o -, --remove-blobs and config.ini."""
+
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import docker_image_puller as dip
+from cli import SCRIPT, puller_environment, run_puller
+from fakeregistry import FakeRegistry
+from relay import ThrottlingRelay
+from test_fake_registry import assert_complete_archive, blob_gets, pull
+
+SEED = 4242
+MIB = 1024 * 1024
+
+
+def big_layer(size: int, index: int = 0) -> bytes:
+    return random.Random(SEED + index).randbytes(size)
+
+
+@pytest.fixture(autouse=True)
+def english_without_proxies(monkeypatch):
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "LANGUAGE", "LC_ALL", "LC_MESSAGES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    monkeypatch.setenv("XDG_CONFIG_HOME", "/nonexistent-config-home")
+
+
+@pytest.fixture
+def registry():
+    with FakeRegistry() as fake:
+        yield fake
+    assert fake.errors == [], "\n".join(fake.errors)
+
+
+def add_big_image(fake: FakeRegistry, size: int = 40 * MIB) -> dict:
+    # Uncompressed OCI layers keep setup fast; the puller treats them like any blob.
+    return fake.add_image("team/app", "v1", [big_layer(size), big_layer(1000, 1)], media="oci", compress=False)
+
+
+def ranges(records):
+    result = []
+    for record in records:
+        header = record.header("Range")
+        start, end = header[len("bytes="):].split("-")
+        result.append((int(start), int(end) if end else None))
+    return sorted(result)
+
+
+def test_large_blob_fetched_in_ranges(registry, tmp_path, capsys):
+    image = add_big_image(registry)
+    layer, size = image["layer_digests"][0], len(image["layer_blobs"][0])
+    result = pull(capsys, tmp_path, "%s/team/app:v1" % registry.host, "-t", "4")
+    assert result.status == 0, result.stderr
+    gets = blob_gets(registry, layer)
+    assert len(gets) == 4
+    spans = ranges(gets)
+    assert spans[0][0] == 0
+    assert spans[-1][1] == size - 1
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start == end + 1
+    assert sum(r.body_bytes for r in gets) == size
+    assert not list(tmp_path.rglob("segments.json"))
+    assert_complete_archive(tmp_path, image)
+
+
+def test_small_blob_uses_one_request(registry, tmp_path, capsys):
+    image = registry.add_image("team/app", "v1", [big_layer(2 * MIB)], media="oci", compress=False)
+    assert pull(capsys, tmp_path, "%s/team/app:v1" % registry.host, "-t", "8").status == 0
+    (get,) = blob_gets(registry, image["layer_digests"][0])
+    assert get.header("Range") is None
+
+
+def test_cut_range_resumes_alone(registry, tmp_path, capsys):
+    image = add_big_image(registry)
+    layer, size = image["layer_digests"][0], len(image["layer_blobs"][0])
+    registry.fault("drop_after", "/blobs/" + layer, after_bytes=3 * MIB)
+    result = pull(capsys, tmp_path, "%s/team/app:v1" % registry.host, "-t", "4")
+    assert result.status == 0, result.stderr
+    gets = blob_gets(registry, layer)
+    assert len(gets) == 5
+    starts = [start for start, _ in ranges(gets)]
+    segment_starts = [segment.start for segment in dip.plan_segments(size, 4)]
+    resumed = [start for start in starts if start not in segment_starts]
+    assert len(resumed) == 1
+    assert resumed[0] - max(s for s in segment_starts if s < resumed[0]) == 3 * MIB
+    assert sum(r.body_bytes for r in gets) == size, "bytes already written were fetched again"
+    assert_complete_archive(tmp_path, image)
+
+
+def test_ignored_range_falls_back_to_one_connection(registry, tmp_path, capsys):
+    image = add_big_image(registry)
+    layer = image["layer_digests"][0]
+    registry.fault("ignore_range", "/blobs/" + layer, times=None)
+    result = pull(capsys, tmp_path, "%s/team/app:v1" % registry.host, "-t", "4")
+    assert result.status == 0, result.stderr
+    assert "ignores Range requests" in result.stderr
+    assert blob_gets(registry, layer)[-1].header("Range") is None
+    assert_complete_archive(tmp_path, image)
+
+
+def test_segments_resume_across_runs(registry, tmp_path, capsys):
+    image = add_big_image(registry)
+    layer, data = image["layer_digests"][0], image["layer_blobs"][0]
+    size = len(data)
+    segments = dip.plan_segments(size, 4)
+    done = [0, 5 * MIB, segments[2].end - segments[2].start, 1234567]
+    folder = tmp_path / "team_app_layers" / layer.replace(":", "_")
+    folder.mkdir(parents=True)
+    part = bytearray(size)
+    for segment, written in zip(segments, done):
+        part[segment.start:segment.start + written] = data[segment.start:segment.start + written]
+    (folder / "blob.part").write_bytes(bytes(part))
+    state = {"size": size, "segments": [[s.start, s.end, d] for s, d in zip(segments, done)]}
+    (folder / "segments.json").write_text(json.dumps(state))
+
+    result = pull(capsys, tmp_path, "%s/team/app:v1" % registry.host, "-t", "4")
+    assert result.status == 0, result.stderr
+    gets = blob_gets(registry, layer)
+    expected = sorted((s.start + d, s.end - 1) for s, d in zip(segments, done) if s.start + d < s.end)
+    assert ranges(gets) == expected
+    assert sum(r.body_bytes for r in gets) == size - sum(done)
+    assert "Resuming blob %s" % layer in result.log
+    assert_complete_archive(tmp_path, image)
+
+
+def test_damaged_segments_file_starts_over(registry, tmp_path, capsys):
+    image = add_big_image(registry)
+    layer = image["layer_digests"][0]
+    folder = tmp_path / "team_app_layers" / layer.replace(":", "_")
+    folder.mkdir(parents=True)
+    (folder / "blob.part").write_bytes(b"")
+    (folder / "segments.json").write_text("{broken")
+    result = pull(capsys, tmp_path, "%s/team/app:v1" % registry.host, "-t", "4")
+    assert result.status == 0, result.stderr
+    assert "segments.json is damaged" in result.log
+    assert_complete_archive(tmp_path, image)
+
+
+def test_connections_stay_within_threads(registry, tmp_path):
+    registry.add_image("team/app", "v1", [big_layer(24 * MIB), big_layer(24 * MIB, 2)], media="oci", compress=False)
+    host, port = registry.host.split(":")
+    relay = ThrottlingRelay((host, int(port)), rate=20e6)
+    try:
+        result = run_puller(["%s/team/app:v1" % relay.host, "-d", str(tmp_path), "-t", "3", "-q"])
+        assert result.returncode == 0, result.stderr
+        # Three download connections, plus the main thread's for the ping, manifest and config.
+        assert 3 <= relay.max_active_connections <= 4
+    finally:
+        relay.close()
+
+
+def test_limit_rate_caps_total(registry, tmp_path, capsys):
+    registry.add_image("team/app", "v1", [big_layer(3 * MIB)], media="oci", compress=False)
+    started = time.monotonic()
+    result = pull(capsys, tmp_path, "%s/team/app:v1" % registry.host, "--limit-rate", "2M", "-t", "4")
+    elapsed = time.monotonic() - started
+    assert result.status == 0, result.stderr
+    # 3 MiB at 2 MiB/s takes 1.5 s, less the 0.25 s of burst credit.
+    assert elapsed >= 1.2
+
+
+@pytest.mark.parametrize("text, expected", [("500K", 500 * 1024), ("50M", 50 * MIB), ("1G", 1024 * MIB), ("1.5m", 1.5 * MIB), ("2048", 2048), ("10MB/s", 10 * MIB)])
+def test_rate_parses(text, expected):
+    assert dip.parse_rate(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "fast", "-1M", "0", "5T"])
+def test_rate_rejects_invalid(text):
+    with pytest.raises(dip.UsageError):
+        dip.parse_rate(text)
+
+
+def test_config_ini_read_and_overridden(registry, tmp_path, capsys):
+    registry.add_image("team/app", "v1", [big_layer(1000)], media="oci", compress=False)
+    (tmp_path / "config.ini").write_text("[network]\nthreads = 0\nmax_bandwidth = 1M\n")
+    rejected = pull(capsys, tmp_path, "%s/team/app:v1" % registry.host)
+    assert rejected.status == 2
+    assert "threads" in rejected.stderr and "config.ini" in rejected.stderr
+    # The command line beats the file.
+    accepted = pull(capsys, tmp_path, "%s/team/app:v1" % registry.host, "-t", "2")
+    assert accepted.status == 0, accepted.stderr
+    assert "threads=2" in accepted.log and "limit_rate=1048576" in accepted.log
+
+
+def test_config_option_names_file(registry, tmp_path, capsys):
+    registry.add_image("team/app", "v1", [big_layer(1000)], media="oci", compress=False)
+    config = tmp_path / "elsewhere.ini"
+    config.write_text("[network]\nretries = 1\ntimeout = 7\n")
+    result = pull(capsys, tmp_path / "work", "%s/team/app:v1" % registry.host, "--config", str(config))
+    assert result.status == 0, result.stderr
+    assert "retries=1" in result.log and str(config) in result.log
+    missing = pull(capsys, tmp_path / "work", "%s/team/app:v1" % registry.host, "--config", str(tmp_path / "none.ini"))
+    assert missing.status == 2
+
+
+def test_archive_to_stdout_matches_file(registry, tmp_path):
+    add_big_image(registry, 20 * MIB)
+    reference = "%s/team/app:v1" % registry.host
+    assert run_puller([reference, "-d", str(tmp_path / "file"), "-q"]).returncode == 0
+    streamed = subprocess.run(
+        [sys.executable, str(SCRIPT), reference, "-d", str(tmp_path / "stream"), "-o", "-"],
+        capture_output=True, timeout=120, env=puller_environment(), stdin=subprocess.DEVNULL,
+    )
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout == (tmp_path / "file" / "team_app_v1.tar").read_bytes()
+    assert not list((tmp_path / "stream").glob("*.tar*"))
+
+
+def test_remove_blobs_after_archive(registry, tmp_path, capsys):
+    image = add_big_image(registry, 20 * MIB)
+    result = pull(capsys, tmp_path, "%s/team/app:v1" % registry.host, "--remove-blobs")
+    assert result.status == 0, result.stderr
+    assert not (tmp_path / "team_app_layers").exists()
+    assert "Removed 3 downloaded blobs" in result.log
+    with open(tmp_path / "team_app_v1.tar", "rb") as handle:
+        assert len(handle.read()) > 20 * MIB
+    assert image["manifest_digest"]
