@@ -2566,7 +2566,12 @@ def missing_bytes(store: BlobStore, descriptor: Descriptor) -> int:
     if os.path.isfile(final) and os.path.getsize(final) == descriptor.size:
         return 0
     part = store.part_path(descriptor.digest)
-    have = os.path.getsize(part) if os.path.isfile(part) else 0
+    if not os.path.isfile(part):
+        return descriptor.size
+    # A .part fetched in ranges has its full size from the start (a sparse file), so its
+    # progress comes from segments.json.
+    segments = load_segments(store.segments_path(descriptor.digest), descriptor.size)
+    have = sum(s.done for s in segments) if segments is not None else os.path.getsize(part)
     return descriptor.size - have if have <= descriptor.size else descriptor.size
 
 

@@ -1,8 +1,9 @@
-"""Run measured child processes, run the shaper as a child process, and check outputs.
+"""Run measured commands, run the shaper as a child process, and check outputs.
 
-CPU time and peak RSS come from os.wait4 on each child's PID, so they cover
-exactly that child and the descendants it waited for. Wall time runs from just
-before the first child is started until the last one is reaped, so it includes
+launch.py starts the measured commands. CPU time and peak RSS come from
+os.wait4 on each command's PID, so they cover exactly that process and the
+descendants it waited for. Wall time runs from just before the first command
+is started until the last one is reaped (polled every 5 ms), so it includes
 interpreter start-up, as a user would see it.
 """
 
@@ -22,9 +23,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from images import PushedImage
 
 SHAPER_SCRIPT = Path(__file__).resolve().parent / "shaper.py"
+LAUNCHER_SCRIPT = Path(__file__).resolve().parent / "launch.py"
 
-# How often the reaping loop checks for finished children. This is the error
-# that polling adds to each wall time.
+# How often ShaperProcess.stop checks whether the shaper has exited.
 POLL_INTERVAL = 0.005
 
 HASH_CHUNK = 4 * 1024 * 1024
@@ -43,13 +44,12 @@ def child_environment(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
 @dataclass
 class ProcessResult:
     command: List[str]
-    pid: int
-    exit_code: Optional[int]  # None when the process was killed after the timeout
+    exit_code: Optional[int]  # None when the process was killed after the timeout or did not start
     cpu_seconds: float  # user + system
     max_rss_kib: int
-    finished: float  # time.monotonic() when it was reaped
     stdout_path: Path
     stderr_path: Path
+    error: Optional[str] = None  # why the process did not start
 
     def stderr_tail(self, lines: int = 5) -> str:
         try:
@@ -60,67 +60,41 @@ class ProcessResult:
 
 
 def run_concurrently(
-    commands: Sequence[List[str]], log_dir: Path, name: str, timeout: float, environment: Dict[str, str]
+    commands: Sequence[List[str]], log_dir: Path, timeout: float, environment: Dict[str, str]
 ) -> Tuple[float, List[ProcessResult]]:
-    """Start all commands at once, wait for all of them and return the wall time and each result.
+    """Start all commands at once through launch.py and return the wall time and each result.
 
-    A child still running `timeout` seconds after the start is sent SIGKILL and
-    gets exit_code None. Standard output and error go to files in `log_dir`.
+    A command still running `timeout` seconds after the start is sent SIGKILL
+    and gets exit_code None. Standard output and error go to files in `log_dir`.
     """
-    log_dir.mkdir(parents=True, exist_ok=True)
-    processes = []
-    handles = []
-    started = time.monotonic()
-    try:
-        for index, command in enumerate(commands):
-            stdout_path = log_dir / ("%s-%d.stdout" % (name, index))
-            stderr_path = log_dir / ("%s-%d.stderr" % (name, index))
-            stdout = open(stdout_path, "wb")
-            stderr = open(stderr_path, "wb")
-            handles += [stdout, stderr]
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=environment)
-            processes.append((process, command, stdout_path, stderr_path))
-    finally:
-        for handle in handles:
-            handle.close()
-
-    results: Dict[int, ProcessResult] = {}
-    deadline = started + timeout
-    try:
-        while len(results) < len(processes):
-            for process, command, stdout_path, stderr_path in processes:
-                if process.pid in results:
-                    continue
-                pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-                if pid == 0:
-                    continue
-                exit_code = os.waitstatus_to_exitcode(status)
-                # Popen must not wait for a PID that was already reaped here.
-                process.returncode = exit_code
-                results[pid] = ProcessResult(
-                    command, pid, exit_code, usage.ru_utime + usage.ru_stime, usage.ru_maxrss,
-                    time.monotonic(), stdout_path, stderr_path,
-                )
-            if len(results) < len(processes):
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(POLL_INTERVAL)
-    finally:
-        # Reached after a timeout or an exception such as KeyboardInterrupt.
-        for process, command, stdout_path, stderr_path in processes:
-            if process.pid in results:
-                continue
-            process.kill()
-            _, status, usage = os.wait4(process.pid, 0)
-            process.returncode = os.waitstatus_to_exitcode(status)
-            results[process.pid] = ProcessResult(
-                command, process.pid, None, usage.ru_utime + usage.ru_stime, usage.ru_maxrss,
-                time.monotonic(), stdout_path, stderr_path,
+    spec = {"commands": [list(command) for command in commands], "log_dir": str(log_dir), "timeout": timeout}
+    # -S -I keep the launcher small; see launch.py for why its size matters.
+    completed = subprocess.run(
+        [sys.executable, "-S", "-I", str(LAUNCHER_SCRIPT)],
+        input=json.dumps(spec).encode(),
+        capture_output=True,
+        env=environment,
+        timeout=timeout + 60,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(
+            "launch.py exited with status %d: %s" % (completed.returncode, completed.stderr.decode(errors="replace")[-2000:])
+        )
+    output = json.loads(completed.stdout)
+    results = []
+    for index, (command, process) in enumerate(zip(commands, output["processes"])):
+        results.append(
+            ProcessResult(
+                command=list(command),
+                exit_code=process["exit_code"],
+                cpu_seconds=process["cpu_seconds"],
+                max_rss_kib=process["max_rss_kib"],
+                stdout_path=log_dir / ("process-%d.stdout" % index),
+                stderr_path=log_dir / ("process-%d.stderr" % index),
+                error=process["error"],
             )
-
-    ordered = [results[process.pid] for process, _, _, _ in processes]
-    wall = max(result.finished for result in ordered) - started
-    return wall, ordered
+        )
+    return output["wall_seconds"], results
 
 
 class ShaperProcess:

@@ -22,6 +22,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -184,7 +185,15 @@ def machine_facts(tool: Path) -> Dict[str, str]:
         "skopeo": _command_output(["skopeo", "--version"]),
         "registry": _command_output(["/usr/bin/docker-registry", "--version"]),
         "curl": _command_output(["curl", "--version"]),
+        "RSS floor": "%.1f MiB" % rss_floor_mib(),
     }
+
+
+def rss_floor_mib() -> float:
+    """Return the peak RSS that launch.py reports for /bin/true: the least any command can show."""
+    with tempfile.TemporaryDirectory() as folder:
+        _, results = run_concurrently([["true"]], Path(folder), 30, child_environment())
+    return results[0].max_rss_kib / 1024
 
 
 # ---------------------------------------------------------------------------
@@ -230,7 +239,7 @@ class Bench:
         try:
             commands = build(host, self.run_dir)
             wall, results = run_concurrently(
-                commands, self.run_dir / "logs", "process", self.args.run_timeout, child_environment(environment)
+                commands, self.run_dir / "logs", self.args.run_timeout, child_environment(environment)
             )
         finally:
             relay_stats = relay.stop() if relay is not None else {}
@@ -370,6 +379,8 @@ def split_ranges(size: int, count: int) -> List[tuple]:
 
 def _process_failure(results: Sequence[ProcessResult], timeout: float) -> Optional[str]:
     for result in results:
+        if result.error is not None:
+            return result.error
         if result.exit_code is None:
             return "%s killed after the run timeout of %.0f s" % (result.command[0], timeout)
         if result.exit_code != 0:
@@ -513,6 +524,10 @@ def render_markdown(facts: Dict[str, str], command: str, reports: Sequence[Scena
         "Machine: %s, %s, Linux %s; Python %s; %s; %s; %s."
         % (facts["CPU"], facts["memory"], facts["kernel"], facts["Python"], facts["skopeo"], facts["registry"],
            " ".join(facts["curl"].split()[:2])),
+        "",
+        "MB/s is 10^6 bytes per second of payload over wall time; cells are medians of the successful runs. "
+        "CPU s is user + system time, and peak RSS is ru_maxrss, both from os.wait4, summed over the processes "
+        "of a run; a process spawned by the launcher shows at least %s (the value for /bin/true)." % facts["RSS floor"],
         "",
     ]
     for report in reports:
