@@ -2286,33 +2286,31 @@ def _tar_info(name: str, size: int = 0, directory: bool = False) -> tarfile.TarI
     return info
 
 
-def archive_metadata(reference: Reference, image: ImageManifest) -> Dict[str, bytes]:
-    """Return index.json, manifest.json, oci-layout and repositories for the archive."""
-    manifest = image.manifest
-    annotations = {}
-    if reference.tag:
-        annotations[ANNOTATION_IMAGE_NAME] = "%s:%s" % (reference.name, reference.tag)
-        annotations[ANNOTATION_REF_NAME] = reference.tag
-    else:
-        annotations[ANNOTATION_IMAGE_NAME] = "%s@%s" % (reference.name, reference.digest)
-    index = {
-        "schemaVersion": 2,
-        "mediaType": MEDIA_OCI_INDEX,
-        "manifests": [{
+def archive_metadata(entries: Sequence[Tuple[Reference, ImageManifest]]) -> Dict[str, bytes]:
+    """Return index.json, manifest.json, oci-layout and repositories for the archive's images."""
+    descriptors, legacy, repositories = [], [], {}  # type: List[dict], List[dict], Dict[str, Dict[str, str]]
+    for reference, image in entries:
+        manifest = image.manifest
+        annotations = {}
+        if reference.tag:
+            annotations[ANNOTATION_IMAGE_NAME] = "%s:%s" % (reference.name, reference.tag)
+            annotations[ANNOTATION_REF_NAME] = reference.tag
+        else:
+            annotations[ANNOTATION_IMAGE_NAME] = "%s@%s" % (reference.name, reference.digest)
+        descriptors.append({
             "mediaType": manifest.media_type,
             "digest": manifest.digest,
             "size": len(manifest.raw),
             "annotations": annotations,
-        }],
-    }
-    legacy = [{
-        "Config": blob_member(image.config.digest),
-        "RepoTags": [reference.repo_tag] if reference.repo_tag else None,
-        "Layers": [blob_member(layer.digest) for layer in image.layers],
-    }]
-    repositories = {}
-    if reference.repo_tag and image.layers:
-        repositories = {reference.familiar_name: {reference.tag: image.layers[-1].hex}}
+        })
+        legacy.append({
+            "Config": blob_member(image.config.digest),
+            "RepoTags": [reference.repo_tag] if reference.repo_tag else None,
+            "Layers": [blob_member(layer.digest) for layer in image.layers],
+        })
+        if reference.repo_tag and image.layers:
+            repositories.setdefault(reference.familiar_name, {})[reference.tag] = image.layers[-1].hex
+    index = {"schemaVersion": 2, "mediaType": MEDIA_OCI_INDEX, "manifests": descriptors}
 
     def encode(value: object) -> bytes:
         return json.dumps(value, separators=(",", ":")).encode("utf-8")
@@ -2328,8 +2326,8 @@ def archive_metadata(reference: Reference, image: ImageManifest) -> Dict[str, by
 STDOUT_ARCHIVE = "-"  # -o - streams the archive to standard output
 
 
-def write_archive(path: str, reference: Reference, image: ImageManifest, blob_paths: Dict[str, str], cancel: threading.Event) -> None:
-    """Write the archive under a temporary name and rename it when it is complete.
+def write_archive(path: str, entries: Sequence[Tuple[Reference, ImageManifest]], blob_paths: Dict[str, str], cancel: threading.Event) -> None:
+    """Write an archive of one or more images under a temporary name; rename it when complete.
 
     Blobs are copied unchanged (layers stay compressed) and hashed again on the way, so
     the archive holds only verified bytes even if a blob changed on disk since. With
@@ -2338,7 +2336,7 @@ def write_archive(path: str, reference: Reference, image: ImageManifest, blob_pa
     if path == STDOUT_ARCHIVE:
         try:
             with tarfile.open(fileobj=sys.stdout.buffer, mode="w|", format=tarfile.PAX_FORMAT, bufsize=ARCHIVE_BUFFER_SIZE) as tar:
-                _write_members(tar, reference, image, blob_paths, cancel)
+                _write_members(tar, entries, blob_paths, cancel)
             sys.stdout.buffer.flush()
         except OSError as error:
             raise local_error(Text("Writing the archive"), "<stdout>", error) from error
@@ -2348,7 +2346,7 @@ def write_archive(path: str, reference: Reference, image: ImageManifest, blob_pa
     try:
         with open(temporary, "wb") as output:
             with tarfile.open(fileobj=output, mode="w", format=tarfile.PAX_FORMAT, copybufsize=ARCHIVE_BUFFER_SIZE) as tar:
-                _write_members(tar, reference, image, blob_paths, cancel)
+                _write_members(tar, entries, blob_paths, cancel)
             output.flush()
             os.fsync(output.fileno())
         os.replace(temporary, path)
@@ -2362,20 +2360,24 @@ def write_archive(path: str, reference: Reference, image: ImageManifest, blob_pa
         raise
 
 
-def _write_members(tar: tarfile.TarFile, reference: Reference, image: ImageManifest, blob_paths: Dict[str, str], cancel: threading.Event) -> None:
-    blobs = [(image.config.digest, image.config.size)]
-    for layer in image.layers:
-        if all(layer.digest != digest for digest, _ in blobs):
-            blobs.append((layer.digest, layer.size))
-    directories = sorted({"blobs", "blobs/" + image.manifest.digest.split(":")[0]} | {"blobs/" + digest.split(":")[0] for digest, _ in blobs})
-    for directory in directories:
+def _write_members(tar: tarfile.TarFile, entries: Sequence[Tuple[Reference, ImageManifest]], blob_paths: Dict[str, str], cancel: threading.Event) -> None:
+    blobs: Dict[str, int] = {}  # each blob once, in the order the images name them
+    manifests: Dict[str, bytes] = {}
+    for _, image in entries:
+        for descriptor in [image.config] + image.layers:
+            blobs.setdefault(descriptor.digest, descriptor.size)
+        manifests.setdefault(image.manifest.digest, image.manifest.raw)
+    algorithms = {digest.split(":")[0] for digest in list(blobs) + list(manifests)}
+    for directory in sorted({"blobs"} | {"blobs/" + algorithm for algorithm in algorithms}):
         tar.addfile(_tar_info(directory, directory=True))
-    for digest, size in blobs:
+    for digest, size in blobs.items():
         if cancel.is_set():
             raise Cancelled()
         _add_verified_blob(tar, digest, size, blob_paths[digest])
-    tar.addfile(_tar_info(blob_member(image.manifest.digest), len(image.manifest.raw)), io.BytesIO(image.manifest.raw))
-    for name, data in archive_metadata(reference, image).items():
+    for digest, raw in manifests.items():
+        if digest not in blobs:
+            tar.addfile(_tar_info(blob_member(digest), len(raw)), io.BytesIO(raw))
+    for name, data in archive_metadata(entries).items():
         tar.addfile(_tar_info(name, len(data)), io.BytesIO(data))
 
 
@@ -2600,8 +2602,20 @@ def check_free_space(store: BlobStore, blobs: Sequence[Descriptor], archive: Opt
             )
 
 
-def pull_image(reference: Reference, settings: PullSettings, cancel: threading.Event) -> PullResult:
-    """Pull one image into its archive; every failure raises a PullerError or Cancelled."""
+@dataclass
+class FetchedImage:
+    """An image whose manifest, config and layers are all verified in the working folder."""
+
+    reference: Reference
+    image: ImageManifest
+    platform: Platform
+    paths: Dict[str, str]  # digest -> verified blob file
+    store: BlobStore
+    size: int
+
+
+def fetch_image(reference: Reference, settings: PullSettings, cancel: threading.Event, archive: Optional[str]) -> FetchedImage:
+    """Resolve the reference and download every blob; ``archive`` is included in the space check."""
     LOGGER.info(Text("Pulling {reference} from {host} into {directory}.", reference=reference, host=reference.api_host, directory=os.path.abspath(settings.directory)))
     client = RegistryClient(reference, settings.network, settings.credentials, cancel, settings.limiter)
     try:
@@ -2610,7 +2624,6 @@ def pull_image(reference: Reference, settings: PullSettings, cancel: threading.E
         if image.config.size > MAX_CONFIG_BYTES:
             raise ManifestError(Text("The config {digest} is {size} bytes, more than the limit of {limit}.", digest=image.config.digest, size=image.config.size, limit=MAX_CONFIG_BYTES))
         store = BlobStore(settings.directory, reference)
-        archive = settings.output or os.path.join(settings.directory, reference.file_stem() + ".tar")
         distinct = {d.digest: d for d in [image.config] + image.layers}
         total = sum(d.size for d in distinct.values())
         check_free_space(store, list(distinct.values()), None if archive == STDOUT_ARCHIVE else archive, len(image.manifest.raw))
@@ -2621,19 +2634,39 @@ def pull_image(reference: Reference, settings: PullSettings, cancel: threading.E
             platform = check_config(load_config_blob(config_path, image.config), image, settings.platform if settings.platform_explicit else None)
             paths = download_blobs(downloader, image.layers, settings.threads)
         paths[image.config.digest] = config_path
-
-        if archive == STDOUT_ARCHIVE:
-            write_archive(archive, reference, image, paths, cancel)
-        else:
-            archive_lock = os.path.join(store.folder, "archive-%s.lock" % hashlib.sha256(os.path.abspath(archive).encode("utf-8")).hexdigest()[:16])
-            with locked(archive_lock, cancel):
-                write_archive(archive, reference, image, paths, cancel)
-        if settings.remove_blobs:
-            store.remove_blobs(list(distinct.values()))
-        LOGGER.info(Text("Wrote {archive}: {reference} {digest} ({platform}, {size} bytes).", archive=archive, reference=reference, digest=image.manifest.digest, platform=platform, size=total))
-        return PullResult(reference, image.manifest.digest, platform, archive, total)
+        return FetchedImage(reference, image, platform, paths, store, total)
     finally:
         client.close()
+
+
+def archive_images(archive: str, fetched: Sequence[FetchedImage], settings: PullSettings, cancel: threading.Event) -> None:
+    """Write one archive holding the fetched images, then remove their blobs if asked."""
+    entries = [(item.reference, item.image) for item in fetched]
+    paths: Dict[str, str] = {}
+    for item in fetched:
+        paths.update(item.paths)
+    if archive == STDOUT_ARCHIVE:
+        write_archive(archive, entries, paths, cancel)
+    else:
+        lock_name = "archive-%s.lock" % hashlib.sha256(os.path.abspath(archive).encode("utf-8")).hexdigest()[:16]
+        with locked(os.path.join(fetched[0].store.folder, lock_name), cancel):
+            write_archive(archive, entries, paths, cancel)
+    for item in fetched:
+        LOGGER.info(Text("Wrote {archive}: {reference} {digest} ({platform}, {size} bytes).", archive=archive, reference=item.reference, digest=item.image.manifest.digest, platform=item.platform, size=item.size))
+        if settings.remove_blobs:
+            item.store.remove_blobs([item.image.config] + item.image.layers)
+
+
+def default_archive(settings: PullSettings, reference: Reference) -> str:
+    return settings.output or os.path.join(settings.directory, reference.file_stem() + ".tar")
+
+
+def pull_image(reference: Reference, settings: PullSettings, cancel: threading.Event) -> PullResult:
+    """Pull one image into its own archive; every failure raises a PullerError or Cancelled."""
+    archive = default_archive(settings, reference)
+    fetched = fetch_image(reference, settings, cancel, archive)
+    archive_images(archive, [fetched], settings, cancel)
+    return PullResult(reference, fetched.image.manifest.digest, fetched.platform, archive, fetched.size)
 
 
 # ---------------------------------------------------------------------------
@@ -2801,6 +2834,29 @@ ZH_MESSAGES = {
     "delete the downloaded blobs from DIR once the archive is written": "写完归档后，从 DIR 删除已下载的 blob",
     "cap the total download rate in bytes per second, e.g. 500K, 50M, 1G (default: no cap)": "限制总下载速率，单位为每秒字节数，例如 500K、50M、1G（默认：不限速）",
     "configuration file (default: DIR/config.ini, else config.ini in the user's configuration folder)": "配置文件（默认：DIR/config.ini，其次是用户配置目录中的 config.ini）",
+    "The image list {path} could not be read: {error}": "无法读取镜像列表 {path}：{error}",
+    "--compose needs PyYAML: pip install pyyaml": "--compose 需要 PyYAML：pip install pyyaml",
+    "The Compose file {path} could not be read: {error}": "无法读取 Compose 文件 {path}：{error}",
+    "The Compose file {path} has no services.": "Compose 文件 {path} 中没有 services。",
+    "No service in the Compose file {path} names an image:.": "Compose 文件 {path} 中没有任何服务写了 image:。",
+    "-f - and --password-stdin both read standard input; use one of them.": "-f - 和 --password-stdin 都要读取标准输入；只能用其中一个。",
+    "No image given: name one or more images, or use -f LIST or --compose FILE.": "没有指定镜像：请写出一个或多个镜像，或使用 -f LIST 或 --compose FILE。",
+    "The archive {path} was not written because {count} of {total} images could not be pulled.": "有 {count}/{total} 个镜像拉取失败，因此没有写入归档 {path}。",
+    "config": "config",
+    "pulled": "已拉取",
+    "failed": "失败",
+    "skipped": "已跳过",
+    "IMAGE": "镜像",
+    "PLATFORM": "平台",
+    "DIGEST": "DIGEST",
+    "SIZE": "大小",
+    "ARCHIVE": "归档",
+    "STATUS": "状态",
+    "read image references from a file, one per line; blank lines and # comments are skipped; - reads standard input": "从文件读取镜像引用，每行一个；跳过空行和 # 注释；- 表示读取标准输入",
+    "pull every image: of a Compose file (needs PyYAML)": "拉取 Compose 文件中所有的 image:（需要 PyYAML）",
+    "stop at the first image that fails (default: pull the others and report at the end)": "遇到第一个失败的镜像就停止（默认：继续拉取其余镜像，最后汇总报告）",
+    "print one JSON object per image on standard output, for scripts": "每个镜像在标准输出打印一个 JSON 对象，供脚本使用",
+    "print the platforms each image offers, without downloading layers": "打印每个镜像提供的平台，不下载层",
     # command line
     "Pull container images from a registry into archives that docker load, podman load and ctr images import accept, without a Docker daemon.": "无需 Docker 守护进程，从 registry 拉取容器镜像，生成 docker load、podman load 和 ctr images import 都能导入的归档。",
     "examples:\n  python docker_image_puller.py nginx:latest -t 12\n  python docker_image_puller.py registry.example.com:5000/team/app:v1 --platform linux/arm64 -d images\n  echo \"$TOKEN\" | python docker_image_puller.py -u alice --password-stdin ghcr.io/alice/app:1.0\n\nexit status: 0 success, 1 failure, 2 usage error, 130 interrupted (run the same command again to resume).": "示例：\n  python docker_image_puller.py nginx:latest -t 12\n  python docker_image_puller.py registry.example.com:5000/team/app:v1 --platform linux/arm64 -d images\n  echo \"$TOKEN\" | python docker_image_puller.py -u alice --password-stdin ghcr.io/alice/app:1.0\n\n退出码：0 成功，1 失败，2 用法错误，130 被中断（重新运行同一命令即可续传）。",
@@ -2823,7 +2879,7 @@ ZH_MESSAGES = {
     "Invalid --threads {value}: expected 1 to {maximum}.": "无效的 --threads {value}：应为 1 到 {maximum}。",
     "Invalid --retry {value}: expected 0 or more.": "无效的 --retry {value}：应为 0 或更大。",
     "Invalid --retry-delay or --timeout: expected a positive number of seconds.": "无效的 --retry-delay 或 --timeout：应为正数秒。",
-    "-o/--output names one archive, but {count} images were given; leave -o out to get one archive per image.": "-o/--output 只能指定一个归档，但给出了 {count} 个镜像；去掉 -o 即可每个镜像生成一个归档。",
+    "-o - streams one image; write several images into a file with -o FILE.": "-o - 只能输出一个镜像；多个镜像请用 -o FILE 写进同一个文件。",
     "--password and --password-stdin exclude each other.": "--password 和 --password-stdin 不能同时使用。",
     "WARNING! Using --password on the command line is insecure: other users can read it. Use --password-stdin.": "警告！在命令行使用 --password 不安全：其他用户可以看到。请使用 --password-stdin。",
 }
@@ -2870,7 +2926,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help=tr("image reference: [HOST[:PORT]/]NAME[:TAG][@sha256:DIGEST]; nginx means docker.io/library/nginx:latest"))
+    parser.add_argument("images", nargs="*", metavar="IMAGE", help=tr("image reference: [HOST[:PORT]/]NAME[:TAG][@sha256:DIGEST]; nginx means docker.io/library/nginx:latest"))
+    parser.add_argument("-f", "--file", metavar="LIST", help=tr("read image references from a file, one per line; blank lines and # comments are skipped; - reads standard input"))
+    parser.add_argument("--compose", metavar="FILE", help=tr("pull every image: of a Compose file (needs PyYAML)"))
+    parser.add_argument("--fail-fast", action="store_true", help=tr("stop at the first image that fails (default: pull the others and report at the end)"))
+    parser.add_argument("--json", action="store_true", help=tr("print one JSON object per image on standard output, for scripts"))
+    parser.add_argument("--list-platforms", action="store_true", help=tr("print the platforms each image offers, without downloading layers"))
     parser.add_argument("-t", "--threads", type=int, metavar="N", help=tr("parallel connections, 1 to 20, shared by all blobs; a large blob is fetched as several ranges (default: 5)"))
     parser.add_argument("-r", "--registry", metavar="HOST[:PORT]", help=tr("registry for references that name none (default: docker.io)"))
     parser.add_argument("-d", "--dir", default=".", metavar="DIR", help=tr("working folder for downloads, the log and archives (default: the current folder)"))
@@ -2925,6 +2986,64 @@ def read_credentials(args: argparse.Namespace, stdin) -> Optional[Credentials]:
     if not password:
         raise UsageError(Text("No password for user {user}: pass it with --password-stdin or ${variable}; this tool never prompts.", user=username, variable=ENV_PASSWORD))
     return Credentials(username, password)
+
+
+def read_reference_list(path: str, stdin) -> List[str]:
+    """Read references one per line; blank lines and text after # are skipped."""
+    try:
+        if path == "-":
+            text = stdin.read()
+        else:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(Text("The image list {path} could not be read: {error}", path=path, error=error))
+    references = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            references.append(line)
+    return references
+
+
+def read_compose_images(path: str) -> List[str]:
+    """Return the image: of every service in a Compose file, in file order."""
+    try:
+        import yaml  # PyYAML, an optional dependency needed only here
+    except ImportError:
+        raise UsageError(Text("--compose needs PyYAML: pip install pyyaml"))
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = yaml.safe_load(handle)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise UsageError(Text("The Compose file {path} could not be read: {error}", path=path, error=str(error).splitlines()[0]))
+    services = document.get("services") if isinstance(document, dict) else None
+    if not isinstance(services, dict):
+        raise UsageError(Text("The Compose file {path} has no services.", path=path))
+    images = [service["image"] for service in services.values() if isinstance(service, dict) and isinstance(service.get("image"), str)]
+    if not images:
+        raise UsageError(Text("No service in the Compose file {path} names an image:.", path=path))
+    return images
+
+
+def collect_references(args: argparse.Namespace, stdin) -> List[Reference]:
+    """Gather the references from the command line, -f and --compose, without repeats."""
+    if args.file == "-" and args.password_stdin:
+        raise UsageError(Text("-f - and --password-stdin both read standard input; use one of them."))
+    texts = list(args.images)
+    if args.file:
+        texts += read_reference_list(args.file, stdin)
+    if args.compose:
+        texts += read_compose_images(args.compose)
+    if not texts:
+        raise UsageError(Text("No image given: name one or more images, or use -f LIST or --compose FILE."))
+    default_registry = parse_registry(args.registry) if args.registry else DOCKER_HUB
+    references: List[Reference] = []
+    for text in texts:
+        reference = parse_reference(text, default_registry)
+        if reference not in references:
+            references.append(reference)
+    return references
 
 
 _RATE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmg]?)(?:i?b)?(?:/s)?", re.IGNORECASE)
@@ -3017,8 +3136,8 @@ def settings_from_args(args: argparse.Namespace, references: Sequence[Reference]
         raise UsageError(Text("Invalid --retry {value}: expected 0 or more.", value=args.retry))
     if args.retry_delay < 0 or args.timeout <= 0:
         raise UsageError(Text("Invalid --retry-delay or --timeout: expected a positive number of seconds."))
-    if args.output and len(references) > 1:
-        raise UsageError(Text("-o/--output names one archive, but {count} images were given; leave -o out to get one archive per image.", count=len(references)))
+    if args.output == STDOUT_ARCHIVE and len(references) > 1:
+        raise UsageError(Text("-o - streams one image; write several images into a file with -o FILE."))
     if not args.output:
         archives: Dict[str, Reference] = {}
         for reference in references:
@@ -3052,6 +3171,138 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+CANCEL_EVENTS: List[threading.Event] = []  # the events of the pulls under way, set on Ctrl-C
+
+
+def new_cancel_event() -> threading.Event:
+    event = threading.Event()
+    CANCEL_EVENTS[:] = [event]
+    return event
+
+
+@dataclass
+class ImageResult:
+    reference: Reference
+    status: str  # "pulled", "failed" or "skipped" (not tried after --fail-fast)
+    digest: str = ""
+    platform: str = ""
+    archive: str = ""
+    size: int = 0
+    error: str = ""
+
+
+def report_failure(reference: Reference, error: PullerError, args: argparse.Namespace) -> ImageResult:
+    LOGGER.error("%s: %s", reference, error.render("en"), exc_info=args.verbose, extra=FILE_ONLY)
+    if args.verbose:
+        traceback.print_exc()
+    print_error(error, reference)
+    return ImageResult(reference, "failed", error=error.render())
+
+
+def emit_result(result: ImageResult, args: argparse.Namespace) -> None:
+    """Print an image's outcome on standard output: its archive path, or a JSON object with --json."""
+    if args.json:
+        record = {
+            "reference": str(result.reference), "status": result.status, "digest": result.digest or None,
+            "platform": result.platform or None, "archive": result.archive or None, "size": result.size,
+        }
+        if result.error:
+            record["error"] = result.error
+        print(json.dumps(record, ensure_ascii=False), flush=True)
+    elif result.status == "pulled" and not args.quiet and result.archive != STDOUT_ARCHIVE:
+        print(result.archive, flush=True)
+
+
+def run_pulls(references: Sequence[Reference], settings: PullSettings, args: argparse.Namespace) -> List[ImageResult]:
+    """Pull each image into its own archive, or all into the one named with -o."""
+    combined = settings.output is not None and len(references) > 1
+    results: List[ImageResult] = []
+    fetched: List[FetchedImage] = []
+    for position, reference in enumerate(references):
+        cancel = new_cancel_event()
+        try:
+            if combined:
+                item = fetch_image(reference, settings, cancel, None)
+                fetched.append(item)
+                result = ImageResult(reference, "pulled", item.image.manifest.digest, str(item.platform), settings.output, item.size)
+            else:
+                pulled = pull_image(reference, settings, cancel)
+                result = ImageResult(reference, "pulled", pulled.digest, str(pulled.platform), pulled.archive, pulled.size)
+        except PullerError as error:
+            cancel.set()
+            result = report_failure(reference, error, args)
+        results.append(result)
+        if not combined:
+            emit_result(result, args)
+        if result.status == "failed" and args.fail_fast:
+            results.extend(ImageResult(skipped, "skipped") for skipped in references[position + 1:])
+            break
+
+    if combined:
+        failed = [r for r in results if r.status != "pulled"]
+        if failed:
+            print_error(PullerError(Text("The archive {path} was not written because {count} of {total} images could not be pulled.", path=settings.output, count=len(failed), total=len(references))))
+            for result in results:
+                if result.status == "pulled":
+                    result.archive = ""
+        else:
+            try:
+                archive_images(settings.output, fetched, settings, new_cancel_event())
+            except PullerError as error:
+                print_error(error)
+                for result in results:
+                    result.status, result.archive, result.error = "failed", "", error.render()
+        for result in results:
+            emit_result(result, args)
+    return results
+
+
+def print_summary(results: Sequence[ImageResult]) -> None:
+    """Print a table of every image's outcome on standard error."""
+    status_words = {"pulled": tr("pulled"), "failed": tr("failed"), "skipped": tr("skipped")}
+    header = [tr("IMAGE"), tr("PLATFORM"), tr("DIGEST"), tr("SIZE"), tr("ARCHIVE"), tr("STATUS")]
+    rows = [header] + [
+        [str(r.reference), r.platform or "-", r.digest[7:19] if r.digest else "-", format_size(r.size) if r.size else "-", r.archive or "-", status_words[r.status]]
+        for r in results
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip(), file=sys.stderr)
+
+
+def list_platforms(references: Sequence[Reference], settings: PullSettings, args: argparse.Namespace) -> int:
+    """Print each image's platforms and manifest digests; no layer is downloaded."""
+    status = EXIT_OK
+    for reference in references:
+        client = RegistryClient(reference, settings.network, settings.credentials, new_cancel_event(), settings.limiter)
+        try:
+            client.ping()
+            top = fetch_manifest(client, reference.manifest_reference, reference.digest)
+            if top.media_type in INDEX_TYPES:
+                offers = [(str(platform_from_descriptor(entry)), entry["digest"]) for entry in index_entries(top)
+                          if not is_attestation(entry) and platform_from_descriptor(entry) is not None]
+            else:
+                image = parse_image_manifest(top)
+                config = client.fetch_small(
+                    client.blob_url(image.config.digest), headers={}, limit=MAX_CONFIG_BYTES, what=Text("config"),
+                    phase=Text("Downloading blob {digest} of {image}", digest=image.config.digest, image=reference.name),
+                    parse=lambda response, raw: parse_json_object(raw, response, Text("config")),
+                )
+                offers = [(str(check_config(config, image, None)), top.digest)]
+        except PullerError as error:
+            report_failure(reference, error, args)
+            status = EXIT_FAILURE
+            continue
+        finally:
+            client.close()
+        if args.json:
+            print(json.dumps({"reference": str(reference), "platforms": [{"platform": p, "digest": d} for p, d in offers]}), flush=True)
+        else:
+            for platform, digest in offers:
+                print("%s\t%s\t%s" % (reference, platform, digest), flush=True)
+    return status
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; return the exit status. The only place errors become messages."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -3059,8 +3310,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
 
     try:
-        default_registry = parse_registry(args.registry) if args.registry else DOCKER_HUB
-        references = [parse_reference(text, default_registry) for text in args.images]
+        references = collect_references(args, sys.stdin)
         settings = settings_from_args(args, references, sys.stdin)
         os.makedirs(settings.directory, exist_ok=True)
     except PullerError as error:
@@ -3074,7 +3324,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if any(settings.network.verify_tls("https://%s/" % r.api_host) is False for r in references):
         # The user chose not to verify these certificates; urllib3 would warn on every request.
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-    cancel = threading.Event()
     previous_sigterm = None
     if threading.current_thread() is threading.main_thread():
         previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
@@ -3083,30 +3332,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "Settings: threads=%d retries=%d timeout=%s limit_rate=%s config=%s", settings.threads,
         settings.network.retries, settings.network.read_timeout, settings.limiter.rate, settings.config_path, extra=FILE_ONLY,
     )
-    failures = 0
     try:
-        for reference in references:
-            # A failed image cancels its own downloads only, and the next image still runs.
-            cancel = threading.Event()
-            try:
-                result = pull_image(reference, settings, cancel)
-            except PullerError as error:
-                cancel.set()
-                failures += 1
-                LOGGER.error("%s: %s", reference, error.render("en"), exc_info=args.verbose, extra=FILE_ONLY)
-                if args.verbose:
-                    traceback.print_exc()
-                print_error(error, reference)
-                continue
-            if not args.quiet and result.archive != STDOUT_ARCHIVE:
-                print(result.archive)
-        return EXIT_FAILURE if failures else EXIT_OK
+        if args.list_platforms:
+            return list_platforms(references, settings, args)
+        results = run_pulls(references, settings, args)
+        if len(references) > 1 and not args.quiet and not args.json:
+            print_summary(results)
+        return EXIT_FAILURE if any(result.status != "pulled" for result in results) else EXIT_OK
     except (KeyboardInterrupt, Terminated, Cancelled) as interruption:
-        cancel.set()
+        for event in CANCEL_EVENTS:
+            event.set()
         LOGGER.error(Text("Interrupted; downloads so far are kept. Run the same command again to resume."))
         return SIGTERM_EXIT if isinstance(interruption, Terminated) else EXIT_INTERRUPTED
     except Exception as error:  # a bug: report it as one, with the traceback in the log
-        cancel.set()
+        for event in CANCEL_EVENTS:
+            event.set()
         LOGGER.error("Unexpected error", exc_info=True, extra=FILE_ONLY)
         if args.verbose:
             traceback.print_exc()

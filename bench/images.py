@@ -32,7 +32,7 @@ MIB = 1024 * 1024
 CACHE_FORMAT = 1
 
 # Content generated per call of randbytes. A fixed block size keeps the bytes
-# the same whatever sizes tarfile asks for.
+# the same whatever read sizes tarfile requests.
 RANDOM_BLOCK = MIB
 
 

@@ -1,13 +1,13 @@
 """Start commands at once, reap each with os.wait4 and print their times and peak RSS as JSON.
 
 run.py starts this small process instead of starting the measured commands
-itself, because of how Linux counts ru_maxrss: a child's peak RSS is at least
-the peak RSS of the process that spawned it, since the spawner's memory is the
-child's until exec replaces it. run.py holds hundreds of MiB while it pushes
-images, but this launcher imports only a few standard modules, and run.py
-starts it with -S -I, so it stays near 10 MiB. It also resets its own peak
-before spawning (/proc/self/clear_refs), so every child's ru_maxrss is its own
-peak or about 10 MiB, whichever is larger.
+itself, because of how Linux counts ru_maxrss. A child's peak RSS is at least
+the peak RSS of the process that spawned it, because the spawner's memory is
+the child's until exec replaces it. run.py grows to hundreds of MiB while it
+pushes images. This launcher imports only a few standard modules and runs
+with -S -I, so it stays near 10 MiB. It also resets its own peak before
+spawning (/proc/self/clear_refs), so every child's ru_maxrss is its own peak
+or about 10 MiB, whichever is larger.
 
 Input on stdin: {"commands": [[ARGV...], ...], "log_dir": PATH, "timeout": SECONDS}.
 Each child's stdout and stderr go to LOG_DIR/process-N.stdout and .stderr.

@@ -30,6 +30,9 @@ class RunRecord:
     relay_cpu_seconds: Optional[float] = None
     relay_bytes_to_client: Optional[int] = None
     relay_connections: Optional[int] = None
+    relay_max_open_connections: Optional[int] = None
+    # one [opened, client done, last byte, bytes to client] entry per connection, see shaper.py
+    relay_connection_log: Optional[List[List[float]]] = None
 
     @property
     def ok(self) -> bool:
@@ -84,7 +87,7 @@ def scenario_markdown(report: ScenarioReport) -> str:
     if report.share_of:
         header.append("share of %.0f MB/s" % report.share_of)
     if shaped:
-        header += ["relay bytes / payload", "relay CPU s"]
+        header += ["connections (max open)", "relay bytes / payload", "relay CPU s"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
 
@@ -107,7 +110,13 @@ def scenario_markdown(report: ScenarioReport) -> str:
         if shaped:
             relayed = [r.relay_bytes_to_client / r.payload_bytes for r in good if r.relay_bytes_to_client is not None]
             relay_cpu = [r.relay_cpu_seconds for r in good if r.relay_cpu_seconds is not None]
-            row += [_format(_median(relayed), 3), _format(_median(relay_cpu), 2)]
+            connections = _median([r.relay_connections for r in good if r.relay_connections is not None])
+            max_open = max((r.relay_max_open_connections or 0 for r in good), default=None)
+            row += [
+                "%s (%s)" % (_format(connections, 0), "—" if max_open is None else max_open),
+                _format(_median(relayed), 3),
+                _format(_median(relay_cpu), 2),
+            ]
         lines.append("| " + " | ".join(row) + " |")
 
     medians = median_throughputs(report.records)

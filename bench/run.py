@@ -59,8 +59,8 @@ class Link:
 
     def describe(self) -> str:
         if not (self.rate or self.total_rate or self.delay_ms):
-            return "through the relay without caps or delay"
-        return "through the relay at %g MB/s per connection, %g MB/s in total, %g ms each way" % (
+            return "Through the relay without caps or delay"
+        return "Through the relay at %g MB/s per connection, %g MB/s in total, %g ms each way" % (
             self.rate, self.total_rate, self.delay_ms,
         )
 
@@ -219,7 +219,6 @@ class Bench:
         link: Optional[Link],
         build: Callable[[str, Path], List[List[str]]],
         check: Check,
-        environment: Optional[Dict[str, str]] = None,
     ) -> RunRecord:
         """Run the commands that `build(host, run_dir)` returns and record the run.
 
@@ -236,15 +235,18 @@ class Bench:
                 self.args.work_dir / "shaper.log", max_seconds=self.args.run_timeout + 60,
             )
             host = relay.start()
+        failure: Optional[str] = None
+        wall, results = 0.0, []
         try:
             commands = build(host, self.run_dir)
-            wall, results = run_concurrently(
-                commands, self.run_dir / "logs", self.args.run_timeout, child_environment(environment)
-            )
+            wall, results = run_concurrently(commands, self.run_dir / "logs", self.args.run_timeout, child_environment())
+        except (RuntimeError, subprocess.TimeoutExpired) as error:
+            failure = "the launcher failed: %s" % error
         finally:
             relay_stats = relay.stop() if relay is not None else {}
 
-        failure = _process_failure(results, self.args.run_timeout)
+        if failure is None:
+            failure = _process_failure(results, self.args.run_timeout)
         if failure is None:
             failure = check(self.run_dir, results)
         record = RunRecord(
@@ -265,6 +267,8 @@ class Bench:
             record.relay_cpu_seconds = relay.cpu_seconds
             record.relay_bytes_to_client = int(relay_stats.get("bytes_to_client", 0))  # type: ignore[arg-type]
             record.relay_connections = int(relay_stats.get("connections", 0))  # type: ignore[arg-type]
+            record.relay_max_open_connections = int(relay_stats.get("max_open_connections", 0))  # type: ignore[arg-type]
+            record.relay_connection_log = relay_stats.get("connection_log")  # type: ignore[assignment]
         report.records.append(record)
         self.records.append(record)
         self._print_progress(record)
@@ -290,7 +294,7 @@ class Bench:
             self.failed_dir.mkdir(parents=True, exist_ok=True)
             if (self.run_dir / "logs").is_dir():
                 shutil.copytree(self.run_dir / "logs", destination)
-            tool_log = self.run_dir / "work" / "docker-image-puller.log"
+            tool_log = self.run_dir / "work" / "docker_puller.log"
             if tool_log.is_file():
                 shutil.copy(tool_log, destination / tool_log.name)
         shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -317,19 +321,20 @@ class Bench:
 
     def run_skopeo(self, report: ScenarioReport, repeat: int, image: PushedImage, link: Optional[Link]) -> RunRecord:
         def build(host: str, run_dir: Path) -> List[List[str]]:
-            # skopeo keeps decompressed layers in $TMPDIR (default /var/tmp)
-            # before it writes the archive, so TMPDIR is inside the run folder.
+            # skopeo 1.9 writes each decompressed layer to a temporary file
+            # (/var/tmp/stream-blob* unless --tmpdir is given, and it ignores
+            # TMPDIR) before it appends the layer to the archive. --tmpdir keeps
+            # that file in the run folder, which is deleted after the run.
             (run_dir / "tmp").mkdir()
             return [[
-                "skopeo", "copy", "--src-tls-verify=false", "--src-no-creds",
+                "skopeo", "--tmpdir", str(run_dir / "tmp"), "copy", "--src-tls-verify=false", "--src-no-creds",
                 "docker://" + image.reference(host), "docker-archive:%s" % (run_dir / "archive.tar"),
             ]]
 
         def check(run_dir: Path, results: List[ProcessResult]) -> Optional[str]:
             return verify_archive(run_dir / "archive.tar", image)
 
-        environment = {"TMPDIR": str(self.run_dir / "tmp")}
-        return self.measure(report, "skopeo copy", repeat, image.image_bytes, link, build, check, environment)
+        return self.measure(report, "skopeo copy", repeat, image.image_bytes, link, build, check)
 
     def run_curl(
         self, report: ScenarioReport, label: str, repeat: int, image: PushedImage, ranges: int,
@@ -377,21 +382,33 @@ def split_ranges(size: int, count: int) -> List[tuple]:
     return [(bounds[index], bounds[index + 1] - 1) for index in range(count) if bounds[index + 1] > bounds[index]]
 
 
+def _program_name(command: Sequence[str]) -> str:
+    """Return "curl" for curl and "docker_image_puller.py" for python docker_image_puller.py."""
+    name = os.path.basename(command[0])
+    if name.startswith("python") and len(command) > 1:
+        return os.path.basename(command[1])
+    return name
+
+
 def _process_failure(results: Sequence[ProcessResult], timeout: float) -> Optional[str]:
     for result in results:
         if result.error is not None:
             return result.error
         if result.exit_code is None:
-            return "%s killed after the run timeout of %.0f s" % (result.command[0], timeout)
+            return "%s was killed after the run timeout of %.0f s" % (_program_name(result.command), timeout)
         if result.exit_code != 0:
-            return "%s exited with status %d: %s" % (
-                os.path.basename(result.command[0]), result.exit_code, result.stderr_tail(),
-            )
+            return "%s exited with status %d: %s" % (_program_name(result.command), result.exit_code, result.stderr_tail())
     return None
 
 
 # ---------------------------------------------------------------------------
 # Scenarios
+
+
+def describe_repeats(repeats: int) -> str:
+    if repeats == 1:
+        return "1 run of each command"
+    return "%d runs of each command, in turns (ABAB)" % repeats
 
 
 def scenario_relay(bench: Bench) -> ScenarioReport:
@@ -400,8 +417,8 @@ def scenario_relay(bench: Bench) -> ScenarioReport:
     report = ScenarioReport(
         "relay",
         "Relay ceiling: curl of the 256 MiB blob, output to /dev/null",
-        "curl straight to the registry and through the relay with no caps and no delay; "
-        "%d repeats, payload %.1f MB." % (bench.args.repeats, image.layers[0].size / 1e6),
+        "curl straight to the registry and through the relay with no caps and no delay; %s; payload %.1f MB."
+        % (describe_repeats(bench.args.repeats), image.layers[0].size / 1e6),
     )
     direct = "curl, 1 request, direct"
     relayed = "curl, 1 request, relay"
@@ -420,13 +437,14 @@ def scenario_loopback(bench: Bench) -> ScenarioReport:
     report = ScenarioReport(
         "loopback",
         "(a) Loopback, bench/big:v1 (1 GiB in 4 layers)",
-        "Straight to the registry on 127.0.0.1, no relay; %d repeats, alternating; payload %.1f MB."
-        % (bench.args.repeats, image.image_bytes / 1e6),
+        "Straight to the registry on 127.0.0.1, no relay; %s; payload %.1f MB."
+        % (describe_repeats(bench.args.repeats), image.image_bytes / 1e6),
     )
     report.ratios = [(bench.tool_label(threads), "skopeo copy")]
     report.notes = [
-        "skopeo's docker-archive holds decompressed layers, so skopeo also gunzips %.1f MB and writes each layer "
-        "twice (to $TMPDIR, then into the archive); this tool stores the gzip blobs as downloaded." % (image.image_bytes / 1e6),
+        "skopeo's docker-archive holds decompressed layers, so skopeo also gunzips %.1f MB. It fetches the layers "
+        "one after another and writes each one twice: to a temporary file, then into the archive. This tool stores "
+        "the gzip blobs as downloaded." % (image.image_bytes / 1e6),
     ]
     for repeat in range(1, bench.args.repeats + 1):
         bench.run_tool(report, repeat, image, threads, None)
@@ -442,8 +460,8 @@ def scenario_shaped(bench: Bench) -> ScenarioReport:
     report = ScenarioReport(
         "shaped",
         "(b) Shaped link, bench/single:v1 (one 256 MiB layer)",
-        "%s; %d repeats, alternating; payload %.1f MB. curl writes each range to a file, and the joined files are "
-        "checked against the digest." % (bench.shaped.describe().capitalize(), bench.args.repeats, image.image_bytes / 1e6),
+        "%s; %s; payload %.1f MB. curl writes each range to a file, and the joined files are checked against "
+        "the digest." % (bench.shaped.describe(), describe_repeats(bench.args.repeats), image.image_bytes / 1e6),
     )
     report.ratios = [(bench.tool_label(threads), "skopeo copy"), (bench.tool_label(threads), curl_label)]
     for repeat in range(1, bench.args.repeats + 1):
@@ -459,8 +477,8 @@ def scenario_threads(bench: Bench) -> ScenarioReport:
     report = ScenarioReport(
         "threads",
         "(c) Shaped link, bench/single:v1, this tool with -t %s" % ", ".join(str(count) for count in counts),
-        "%s; %d repeats, alternating; payload %.1f MB."
-        % (bench.shaped.describe().capitalize(), bench.args.repeats, image.image_bytes / 1e6),
+        "%s; %s; payload %.1f MB."
+        % (bench.shaped.describe(), describe_repeats(bench.args.repeats), image.image_bytes / 1e6),
     )
     report.share_of = bench.shaped.total_rate or None
     for repeat in range(1, bench.args.repeats + 1):

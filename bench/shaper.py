@@ -13,8 +13,8 @@ forwards each connection to the target port. Three limits shape the traffic:
 Uploads (client to target) are delayed but not rate-limited, because pulls
 send only small requests. The model has no packet loss, no TCP slow start and
 no congestion control. The only window is --window: one direction of a
-connection holds at most that many bytes in its delay queue and its socket
-buffer, so with a delay of D one connection carries at most WINDOW bytes per D.
+connection keeps at most that many bytes in its delay queue, so with a delay
+of D one connection carries at most about WINDOW bytes per D.
 
 The relay runs one asyncio event loop in one thread. It reads with
 ``recv_into`` into a fixed buffer (asyncio.BufferedProtocol), charges the bytes
@@ -36,7 +36,7 @@ import resource
 import signal
 import sys
 import time
-from typing import Deque, List, Optional, Set, Tuple, Union
+from typing import Deque, List, Optional, Set, Tuple
 
 LOG = logging.getLogger("shaper")
 
@@ -69,11 +69,11 @@ class TokenBucket:
     exact, and the bucket never has to tell a reader how much it may read.
     """
 
-    def __init__(self, rate: float, burst: float) -> None:
+    def __init__(self, rate: float, burst: float, now: float) -> None:
         self.rate = rate  # bytes per second
         self.burst = burst  # maximum saved-up tokens, in bytes
         self.tokens = burst
-        self.updated = time.monotonic()
+        self.updated = now  # event loop time of the last refill
 
     def _refill(self, now: float) -> None:
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
@@ -97,8 +97,14 @@ class Stats:
         self.bytes_to_target = 0
         self.connections = 0
         self.failed_connects = 0
-        self.active_connections = 0
-        self.max_active_connections = 0
+        # [opened, client done, last byte read from the target, bytes to the client],
+        # times in seconds since the relay started, one entry per finished client connection
+        self.connection_log: List[List[float]] = []
+        # A client connection counts as open from accept until the client sends
+        # FIN or the socket closes, so that draining a connection through the
+        # delay queue does not count against the client's concurrency.
+        self.open_connections = 0
+        self.max_open_connections = 0
 
 
 class Direction:
@@ -106,7 +112,7 @@ class Direction:
 
     Read bytes are charged to `buckets`, then wait `delay` seconds in a FIFO
     queue before they are written. Reading from the source pauses for as long
-    as any reason in `_pause_reasons` holds: a bucket in debt, a full window,
+    as any reason in `_pause_reasons` applies: a bucket in debt, a full window,
     or a destination transport whose write buffer is full.
     """
 
@@ -120,6 +126,8 @@ class Direction:
         self.window = relay.window
         self.queue: Deque[Tuple[float, Optional[bytes]]] = collections.deque()
         self.queued_bytes = 0
+        self.forwarded_bytes = 0
+        self.last_read = 0.0  # loop.time() of the last read from the source
         self.finished = False  # True once END_OF_STREAM was delivered or the destination closed
         self._pause_reasons: Set[str] = set()
         self._flush_timer: Optional[asyncio.TimerHandle] = None
@@ -146,6 +154,8 @@ class Direction:
     def push(self, data: bytes) -> None:
         now = self.relay.loop.time()
         count = len(data)
+        self.forwarded_bytes += count
+        self.last_read = now
         if self.to_client:
             self.relay.stats.bytes_to_client += count
         else:
@@ -244,6 +254,8 @@ class Endpoint(asyncio.BufferedProtocol):
         self.incoming: Optional[Direction] = None  # bytes written to this socket
         self.at_eof = False
         self.closed = False
+        self.counted_done = False  # see Shaper.client_done
+        self.opened = relay.loop.time()
         self._buffer = bytearray(relay.read_size)
         self._view = memoryview(self._buffer)
 
@@ -265,6 +277,7 @@ class Endpoint(asyncio.BufferedProtocol):
         if not self.at_eof and self.outgoing is not None:
             self.outgoing.push_end_of_stream()
         self.at_eof = True
+        self.relay.client_done(self)
         # Keep the transport open for writing: the other direction may still
         # carry data (TCP half-close).
         return True
@@ -273,7 +286,8 @@ class Endpoint(asyncio.BufferedProtocol):
         self.closed = True
         if exc is not None:
             LOG.debug("%s connection lost: %s", self.name, exc)
-        self.relay.connection_closed(self)
+        self.relay.forget(self)
+        self.relay.client_done(self)
         if self.incoming is not None:
             self.incoming.cancel()
         # Bytes already read from this socket still reach the peer after the
@@ -338,13 +352,14 @@ class Shaper:
         self.read_size = SHAPED_READ_SIZE if shaped else UNSHAPED_READ_SIZE
         self.stats = Stats()
         self.loop = asyncio.get_running_loop()
+        self.started = self.loop.time()
         self.total_bucket = self._new_bucket(total_rate) if total_rate > 0 else None
         self._server: Optional[asyncio.AbstractServer] = None
         self._endpoints: Set[Endpoint] = set()
         self._connecting: Set["asyncio.Task[None]"] = set()
 
     def _new_bucket(self, rate: float) -> TokenBucket:
-        return TokenBucket(rate, max(float(self.read_size), rate * BURST_SECONDS))
+        return TokenBucket(rate, max(float(self.read_size), rate * BURST_SECONDS), self.loop.time())
 
     def download_buckets(self) -> List[TokenBucket]:
         """Return a new per-connection bucket (when capped) and the shared total bucket."""
@@ -370,8 +385,8 @@ class Shaper:
         client = Endpoint(self, "client")
         self._endpoints.add(client)
         self.stats.connections += 1
-        self.stats.active_connections += 1
-        self.stats.max_active_connections = max(self.stats.max_active_connections, self.stats.active_connections)
+        self.stats.open_connections += 1
+        self.stats.max_open_connections = max(self.stats.max_open_connections, self.stats.open_connections)
         return client
 
     def client_connected(self, client: Endpoint) -> None:
@@ -414,10 +429,22 @@ class Shaper:
             if endpoint.peer is not None:
                 endpoint.peer.close()
 
-    def connection_closed(self, endpoint: Endpoint) -> None:
+    def forget(self, endpoint: Endpoint) -> None:
         self._endpoints.discard(endpoint)
-        if endpoint.name == "client":
-            self.stats.active_connections -= 1
+
+    def client_done(self, endpoint: Endpoint) -> None:
+        """Count a client connection as closed, once, when the client sends FIN or its socket closes."""
+        if endpoint.name == "client" and not endpoint.counted_done:
+            endpoint.counted_done = True
+            self.stats.open_connections -= 1
+            download = endpoint.incoming
+            last_byte = download.last_read if download is not None and download.forwarded_bytes else endpoint.opened
+            self.stats.connection_log.append([
+                round(endpoint.opened - self.started, 4),
+                round(self.loop.time() - self.started, 4),
+                round(last_byte - self.started, 4),
+                download.forwarded_bytes if download is not None else 0,
+            ])
 
 
 def require_loopback(host: str) -> None:
@@ -465,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--delay", type=non_negative_float, default=0.0, help="delay in each direction in milliseconds (default: 0)")
     parser.add_argument(
         "--window", type=int, default=DEFAULT_WINDOW // 1024,
-        help="bytes in flight per connection and direction, in KiB (default: %(default)s)",
+        help="max bytes waiting in the delay queue of one connection and direction, in KiB (default: %(default)s)",
     )
     parser.add_argument(
         "--max-seconds", type=non_negative_float, default=3600.0,
@@ -512,6 +539,8 @@ async def serve(args: argparse.Namespace) -> None:
     except asyncio.TimeoutError:
         LOG.warning("stopping after --max-seconds %s", args.max_seconds)
     shaper.close()
+    # Let the aborted connections run their connection_lost callbacks, so they are counted.
+    await asyncio.sleep(0.05)
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
     stats = shaper.stats
@@ -524,7 +553,8 @@ async def serve(args: argparse.Namespace) -> None:
             "bytes_to_target": stats.bytes_to_target,
             "connections": stats.connections,
             "failed_connects": stats.failed_connects,
-            "max_active_connections": stats.max_active_connections,
+            "max_open_connections": stats.max_open_connections,
+            "connection_log": stats.connection_log,
         }
     )
 

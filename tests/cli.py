@@ -8,6 +8,14 @@ from typing import Dict, Optional, Sequence
 
 SCRIPT = Path(__file__).resolve().parent.parent / "docker_image_puller.py"
 
+# A guard for every test: a request to any host but loopback goes to a proxy on a closed
+# loopback port and fails there, so no test can reach Docker Hub or another outside host.
+OFFLINE_PROXIES = {
+    "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+    "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
+    "NO_PROXY": "127.0.0.1,localhost,::1", "no_proxy": "127.0.0.1,localhost,::1",
+}
+
 
 def puller_environment(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """The test process's environment, in English, without proxies that could catch loopback."""
@@ -18,6 +26,7 @@ def puller_environment(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]
     }
     environment["LANG"] = "C.UTF-8"
     environment.pop("LANGUAGE", None)
+    environment.update(OFFLINE_PROXIES)
     environment.update(extra or {})
     return environment
 

@@ -118,3 +118,14 @@ def skopeo() -> str:
     if path is None:
         pytest.skip("skopeo not installed: apt-get install skopeo")
     return path
+
+
+@pytest.fixture(autouse=True)
+def offline_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Send any request of an in-process pull that is not for loopback to a dead loopback proxy."""
+    from cli import OFFLINE_PROXIES
+
+    monkeypatch.delenv("ALL_PROXY", raising=False)
+    monkeypatch.delenv("all_proxy", raising=False)
+    for name, value in OFFLINE_PROXIES.items():
+        monkeypatch.setenv(name, value)

@@ -39,7 +39,7 @@ def test_version_and_help():
         ["nginx", "--platform", "linux"],
         ["nginx", "--retry", "-1"],
         ["nginx", "-r", "https://mirror.example.com"],
-        ["nginx", "busybox", "-o", "both.tar"],
+        ["nginx", "busybox", "-o", "-"],
         [],
         ["nginx", "--no-such-option"],
     ],
@@ -196,6 +196,10 @@ def _placeholders(template):
     return sorted(name for _, name, _, _ in string.Formatter().parse(template) if name)
 
 
+# Field terms that Chinese engineers write in English.
+SAME_IN_CHINESE = {"config", "DIGEST"}
+
+
 def test_every_message_has_chinese():
     templates = set(_message_templates())
     assert len(templates) > 100
@@ -203,7 +207,8 @@ def test_every_message_has_chinese():
     assert missing == []
     for template in templates:
         assert _placeholders(dip.ZH_MESSAGES[template]) == _placeholders(template), template
-        assert dip.ZH_MESSAGES[template] != template or not re.search("[A-Za-z]{4}", template)
+        if template not in SAME_IN_CHINESE:
+            assert dip.ZH_MESSAGES[template] != template or not re.search("[A-Za-z]{4}", template), template
 
 
 def test_language_detection():

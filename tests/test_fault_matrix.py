@@ -102,7 +102,7 @@ def matrix(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def english(monkeypatch):
-    for name in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
+    for name in ("LANGUAGE", "LC_ALL", "LC_MESSAGES"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LANG", "C.UTF-8")
 

@@ -192,7 +192,7 @@ def test_podman_load_names_image(real_registry, tmp_path):
     hub_archives = {}
     for name in ("nginx:latest", "someuser/app:v1"):
         hub_archives[name] = tmp_path / (name.replace("/", "_").replace(":", "_") + ".tar")
-        dip.write_archive(str(hub_archives[name]), dip.parse_reference(name), image, paths, dip.threading.Event())
+        dip.write_archive(str(hub_archives[name]), [(dip.parse_reference(name), image)], paths, dip.threading.Event())
 
     expected = {archive: "%s/test/single:v1" % real_registry.host,
                 hub_archives["nginx:latest"]: "docker.io/library/nginx:latest",

@@ -18,8 +18,8 @@ from test_fake_registry import assert_complete_archive, blob_gets, pull, push_im
 
 
 @pytest.fixture(autouse=True)
-def english_without_proxies(monkeypatch):
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "LANGUAGE", "LC_ALL", "LC_MESSAGES"):
+def english_messages(monkeypatch):
+    for name in ("LANGUAGE", "LC_ALL", "LC_MESSAGES"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LANG", "C.UTF-8")
 

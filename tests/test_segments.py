@@ -24,8 +24,8 @@ def big_layer(size: int, index: int = 0) -> bytes:
 
 
 @pytest.fixture(autouse=True)
-def english_without_proxies(monkeypatch):
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "LANGUAGE", "LC_ALL", "LC_MESSAGES"):
+def english_messages(monkeypatch):
+    for name in ("LANGUAGE", "LC_ALL", "LC_MESSAGES"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LANG", "C.UTF-8")
     monkeypatch.setenv("XDG_CONFIG_HOME", "/nonexistent-config-home")
