@@ -344,3 +344,23 @@ def test_kill_and_rerun_resumes_identically(real_registry_big, tmp_path):
         assert relay.bytes_to_client < 64 * 1024, "a rerun downloaded verified blobs again"
     finally:
         relay.close()
+
+
+def test_podman_loads_several_images_from_one_archive(real_registry, tmp_path):
+    if shutil.which("podman") is None:
+        pytest.skip("podman not installed: apt-get install podman")
+    if os.geteuid() != 0:
+        pytest.skip("podman load into a private store needs root here")
+    references = ["%s/test/single:v1" % real_registry.host, "%s/test/oci:v1" % real_registry.host]
+    bundle = tmp_path / "bundle.tar"
+    result = run_puller(references + ["-o", str(bundle), "-d", str(tmp_path / "work"), "-q"])
+    assert result.returncode == 0, result.stderr
+    runroot = tempfile.mkdtemp(prefix="dip-podman-")
+    try:
+        command = ["podman", "--root", str(tmp_path / "store"), "--runroot", runroot, "--storage-driver", "vfs"]
+        loaded = subprocess.run(command + ["load", "-i", str(bundle)], capture_output=True, text=True, timeout=300)
+        assert loaded.returncode == 0, loaded.stderr
+        listed = subprocess.run(command + ["images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True, timeout=60)
+        assert sorted(listed.stdout.split()) == sorted(references)
+    finally:
+        shutil.rmtree(runroot, ignore_errors=True)
