@@ -26,8 +26,10 @@ import argparse
 import base64
 import concurrent.futures
 import contextlib
+import dataclasses
 import datetime
 import email.utils
+import glob
 import hashlib
 import io
 import ipaddress
@@ -773,6 +775,118 @@ class Authenticator:
         return Token(value, time.monotonic() + expires_in - margin)
 
 
+# -- credentials that Docker and podman keep ----------------------------------
+
+DOCKER_HUB_AUTH_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io", "registry-1.docker.io", "https://registry-1.docker.io")
+CREDENTIAL_HELPER_TIMEOUT = 30  # seconds for a docker-credential-* program to answer
+
+
+def auth_keys(registry: str) -> List[str]:
+    """Return the keys under which Docker and podman files may store a registry's login."""
+    if registry == DOCKER_HUB:
+        return list(DOCKER_HUB_AUTH_KEYS)
+    return [registry, "https://" + registry, "http://" + registry, "https://%s/v1/" % registry, "https://%s/v2/" % registry]
+
+
+def auth_files() -> List[str]:
+    """Docker's config.json, then podman's auth.json, in the places the two tools look."""
+    docker = os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
+    files = [os.path.join(docker, "config.json")]
+    if os.environ.get("REGISTRY_AUTH_FILE"):
+        files.append(os.environ["REGISTRY_AUTH_FILE"])
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        files.append(os.path.join(os.environ["XDG_RUNTIME_DIR"], "containers", "auth.json"))
+    files.append(os.path.join(os.path.expanduser("~"), ".config", "containers", "auth.json"))
+    return files
+
+
+def run_credential_helper(helper: str, server: str) -> Optional[Credentials]:
+    """Ask docker-credential-<helper> for a server's login (the Docker credential helper protocol)."""
+    import subprocess
+
+    program = "docker-credential-" + helper
+    if shutil.which(program) is None:
+        LOGGER.warning(Text("The credential helper {program} named in the Docker configuration is not installed.", program=program))
+        return None
+    try:
+        answer = subprocess.run([program, "get"], input=server.encode("utf-8"), capture_output=True, timeout=CREDENTIAL_HELPER_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        LOGGER.warning(Text("The credential helper {program} failed: {error}", program=program, error=error))
+        return None
+    if answer.returncode != 0:
+        LOGGER.debug("%s has no credentials for %s", program, server)
+        return None
+    try:
+        found = json.loads(answer.stdout.decode("utf-8"))
+        username, secret = found["Username"], found["Secret"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        LOGGER.warning(Text("The credential helper {program} returned something that is not its JSON answer.", program=program))
+        return None
+    return Credentials(username, secret) if isinstance(username, str) and isinstance(secret, str) and secret else None
+
+
+def decode_auth_entry(entry: object) -> Optional[Credentials]:
+    if not isinstance(entry, dict):
+        return None
+    if isinstance(entry.get("auth"), str) and entry["auth"]:
+        try:
+            username, _, password = base64.b64decode(entry["auth"]).decode("utf-8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return Credentials(username, password) if username and password else None
+    if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str) and entry["password"]:
+        return Credentials(entry["username"], entry["password"])
+    return None
+
+
+def stored_credentials(registry: str) -> Optional[Credentials]:
+    """Find a login for the registry as docker pull would: credHelpers, auths, then credsStore."""
+    for path in auth_files():
+        try:
+            with open(path, "rb") as handle:
+                config = json.loads(handle.read(MAX_MANIFEST_BYTES).decode("utf-8"))
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, UnicodeDecodeError) as error:
+            LOGGER.warning(Text("Skipping the credentials file {path}: {error}", path=path, error=error))
+            continue
+        if not isinstance(config, dict):
+            continue
+        keys = auth_keys(registry)
+        helpers = config.get("credHelpers") if isinstance(config.get("credHelpers"), dict) else {}
+        for key in keys:
+            if isinstance(helpers.get(key), str):
+                return run_credential_helper(helpers[key], keys[0])
+        auths = config.get("auths") if isinstance(config.get("auths"), dict) else {}
+        for key in keys:
+            found = decode_auth_entry(auths.get(key))
+            if found is not None:
+                LOGGER.debug("Using the login for %s stored in %s", registry, path)
+                return found
+        if isinstance(config.get("credsStore"), str):
+            found = run_credential_helper(config["credsStore"], keys[0])
+            if found is not None:
+                return found
+    return None
+
+
+class CredentialSource:
+    """Logins per registry: the command line and environment first, then Docker's and podman's files."""
+
+    def __init__(self, given: Optional[Credentials]) -> None:
+        self.given = given
+        self._cache: Dict[str, Optional[Credentials]] = {}
+        self._lock = threading.Lock()
+
+    def for_registry(self, registry: str) -> Optional[Credentials]:
+        if self.given is not None:
+            return self.given
+        with self._lock:
+            if registry not in self._cache:
+                self._cache[registry] = stored_credentials(registry)
+            return self._cache[registry]
+
+
 # ---------------------------------------------------------------------------
 # Registry HTTP client: transport, redirects, retries, re-authentication
 # ---------------------------------------------------------------------------
@@ -842,6 +956,8 @@ class NetworkOptions:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     read_timeout: float = DEFAULT_READ_TIMEOUT
     insecure_registries: frozenset = frozenset()  # HOST[:PORT] names given with --insecure
+    ca_file: Optional[str] = None  # --ca-cert: a PEM bundle that replaces the system's CAs
+    certs_folders: Tuple[str, ...] = ("/etc/docker/certs.d",)  # Docker's <host>/ca.crt convention
 
     def is_insecure(self, netloc: str) -> bool:
         return netloc in self.insecure_registries or split_host(netloc) in self.insecure_registries
@@ -849,14 +965,23 @@ class NetworkOptions:
     def allows_plain_http(self, netloc: str) -> bool:
         return is_loopback(split_host(netloc)) or self.is_insecure(netloc)
 
-    def verify_tls(self, url: str) -> bool:
-        """Verify certificates except for --insecure and loopback registries.
+    def verify_tls(self, url: str):
+        """Return requests' verify value: False, True or the path of a CA bundle.
 
-        Docker counts 127.0.0.0/8 among its insecure registries by default, so a local
-        registry with a self-signed certificate works there too.
+        Certificates are not verified for --insecure and loopback registries: Docker
+        counts 127.0.0.0/8 among its insecure registries by default. Otherwise a CA from
+        --ca-cert, or from Docker's certs.d/<host>/ca.crt, replaces the system's.
         """
         netloc = urllib.parse.urlsplit(url).netloc
-        return not (self.is_insecure(netloc) or is_loopback(split_host(netloc)))
+        if self.is_insecure(netloc) or is_loopback(split_host(netloc)):
+            return False
+        if self.ca_file:
+            return self.ca_file
+        for folder in self.certs_folders:
+            candidate = os.path.join(folder, netloc.replace(":", "_") if os.name == "nt" else netloc, "ca.crt")
+            if os.path.isfile(candidate):
+                return candidate
+        return True
 
 
 class RetryBudget:
@@ -954,9 +1079,12 @@ class RegistryClient:
     Connection errors and the statuses in RETRY_STATUSES are retried with backoff.
     """
 
-    def __init__(self, reference: Reference, options: NetworkOptions, credentials: Optional[Credentials], cancel: threading.Event, limiter: Optional["RateLimiter"] = None) -> None:
+    def __init__(self, reference: Reference, options: NetworkOptions, credentials: Optional[Credentials], cancel: threading.Event, limiter: Optional["RateLimiter"] = None, scheme: Optional[str] = None) -> None:
         self.reference = reference
         self.host = reference.api_host
+        self.scheme = scheme  # "http" or "https" when a mirror URL names it, else found by ping()
+        if scheme == "http":
+            options = dataclasses.replace(options, insecure_registries=options.insecure_registries | {self.host})
         self.options = options
         self.cancel = cancel
         self.scope = repository_scope(reference.repository)
@@ -1144,7 +1272,10 @@ class RegistryClient:
         HTTPS is tried first. Plain HTTP follows only for loopback registries and those
         named with --insecure, as Docker does.
         """
-        schemes = ["https", "http"] if self.options.allows_plain_http(self.host) else ["https"]
+        if self.scheme:
+            schemes = [self.scheme]
+        else:
+            schemes = ["https", "http"] if self.options.allows_plain_http(self.host) else ["https"]
         for position, scheme in enumerate(schemes):
             last = position == len(schemes) - 1
             url = "%s://%s/v2/" % (scheme, self.host)
@@ -1581,6 +1712,38 @@ class BlobStore:
             os.rmdir(self.folder)
         LOGGER.info(Text("Removed {count} downloaded blobs from {folder}.", count=removed, folder=self.folder))
 
+    def reuse_from_other_repository(self, descriptor: Descriptor) -> Optional[str]:
+        """Take a verified copy of the blob from another repository's folder in DIR, if any.
+
+        Images of different repositories often share base layers. The copy is a hard link
+        where the file system allows one, so it costs no space.
+        """
+        own = os.path.normcase(os.path.abspath(self.blob_folder(descriptor.digest)))
+        pattern = os.path.join(glob.escape(self.root), "*_layers", descriptor.digest.replace(":", "_"), BLOB_FILE)
+        for candidate in sorted(glob.glob(pattern)):
+            if os.path.normcase(os.path.abspath(os.path.dirname(candidate))) == own:
+                continue
+            try:
+                if os.path.getsize(candidate) != descriptor.size:
+                    continue
+                hasher, _ = hash_file(candidate, descriptor.algorithm)
+                if "%s:%s" % (descriptor.algorithm, hasher.hexdigest()) != descriptor.digest:
+                    continue
+                part = self.part_path(descriptor.digest)
+                remove_if_present(part)
+                try:
+                    os.link(candidate, part)
+                except OSError:
+                    shutil.copyfile(candidate, part)
+                os.replace(part, self.blob_path(descriptor.digest))
+                self.write_meta(descriptor, "complete")
+            except OSError as error:
+                LOGGER.debug("Could not reuse %s: %s", candidate, error)
+                continue
+            LOGGER.info(Text("Blob {digest} reused from {path}.", digest=descriptor.digest, path=candidate))
+            return self.blob_path(descriptor.digest)
+        return None
+
     def check_meta(self, descriptor: Descriptor) -> bool:
         """Return False, with a warning, for a meta.json that is not valid JSON or names another blob.
 
@@ -1659,6 +1822,10 @@ class BlobDownloader:
                 LOGGER.info(Text("Blob {digest} is already downloaded and verified.", digest=descriptor.digest), extra=FILE_ONLY)
                 self.progress.blob_cached(descriptor)
                 return finished
+            reused = self.store.reuse_from_other_repository(descriptor)
+            if reused is not None:
+                self.progress.blob_cached(descriptor)
+                return reused
             self.store.write_meta(descriptor, "downloading")
         except OSError as error:
             raise local_error(Text("Preparing"), folder, error) from error
@@ -2515,6 +2682,34 @@ def remove_logging(handlers: Sequence[logging.Handler]) -> None:
 # ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Mirror:
+    """A registry that serves another registry's repositories, possibly under a path prefix."""
+
+    registry: str  # the registry it mirrors, docker.io unless given as REGISTRY=URL
+    host: str
+    scheme: str
+    prefix: str = ""  # a proxy that serves several registries puts each under a path
+
+    def source_for(self, reference: Reference) -> Reference:
+        repository = "%s/%s" % (self.prefix, reference.repository) if self.prefix else reference.repository
+        return Reference(self.host, repository, reference.tag, reference.digest)
+
+
+def parse_mirror(text: str) -> Mirror:
+    """Parse [REGISTRY=]URL, e.g. https://mirror.example.com or quay.io=https://proxy.example.com/quay."""
+    registry = DOCKER_HUB
+    value = text.strip()
+    if "=" in value.split("://", 1)[0]:
+        registry_text, value = value.split("=", 1)
+        registry = parse_registry(registry_text.strip())
+    parts = urllib.parse.urlsplit(value if "://" in value else "https://" + value)
+    prefix = parts.path.strip("/")
+    if parts.scheme not in ("http", "https") or not _DOMAIN_RE.fullmatch(parts.netloc or "") or parts.query or parts.fragment or (prefix and not _PATH_RE.fullmatch(prefix)):
+        raise UsageError(Text("Invalid mirror {value!r}: expected [REGISTRY=]https://HOST[:PORT][/PATH].", value=text))
+    return Mirror(registry, parts.netloc, parts.scheme, prefix)
+
+
 @dataclass
 class PullSettings:
     directory: str
@@ -2523,8 +2718,9 @@ class PullSettings:
     platform_explicit: bool  # asked with --platform or $DOCKER_DEFAULT_PLATFORM
     threads: int
     network: NetworkOptions
-    credentials: Optional[Credentials]
+    credentials: CredentialSource
     show_progress: bool
+    mirrors: Tuple[Mirror, ...] = ()
     remove_blobs: bool = False
     config_path: Optional[str] = None  # the config.ini that was read, if any
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(None))  # shared by every image of the run
@@ -2615,9 +2811,26 @@ class FetchedImage:
 
 
 def fetch_image(reference: Reference, settings: PullSettings, cancel: threading.Event, archive: Optional[str]) -> FetchedImage:
-    """Resolve the reference and download every blob; ``archive`` is included in the space check."""
-    LOGGER.info(Text("Pulling {reference} from {host} into {directory}.", reference=reference, host=reference.api_host, directory=os.path.abspath(settings.directory)))
-    client = RegistryClient(reference, settings.network, settings.credentials, cancel, settings.limiter)
+    """Fetch from the reference's mirrors in order, then from its own registry, as Docker does.
+
+    A mirror that fails for any reason but a local one (disk, folder) hands over to the
+    next source. The working folder and the archive always use the original name.
+    """
+    mirrors = [mirror for mirror in settings.mirrors if mirror.registry == reference.registry]
+    for mirror in mirrors:
+        try:
+            return fetch_from(reference, mirror.source_for(reference), mirror.scheme, settings, cancel, archive)
+        except (LocalFileError, UsageError):
+            raise
+        except PullerError as error:
+            LOGGER.warning(Text("The mirror {mirror} failed for {reference}: {error} Trying the next source.", mirror=mirror.host, reference=reference, error=error.message))
+    return fetch_from(reference, reference, None, settings, cancel, archive)
+
+
+def fetch_from(reference: Reference, source: Reference, scheme: Optional[str], settings: PullSettings, cancel: threading.Event, archive: Optional[str]) -> FetchedImage:
+    """Resolve the image at ``source`` and download every blob; ``archive`` joins the space check."""
+    LOGGER.info(Text("Pulling {reference} from {host} into {directory}.", reference=reference, host=source.api_host, directory=os.path.abspath(settings.directory)))
+    client = RegistryClient(source, settings.network, settings.credentials.for_registry(source.registry), cancel, settings.limiter, scheme)
     try:
         client.ping()
         image = resolve_image(client, settings.platform)
@@ -2857,6 +3070,17 @@ ZH_MESSAGES = {
     "stop at the first image that fails (default: pull the others and report at the end)": "遇到第一个失败的镜像就停止（默认：继续拉取其余镜像，最后汇总报告）",
     "print one JSON object per image on standard output, for scripts": "每个镜像在标准输出打印一个 JSON 对象，供脚本使用",
     "print the platforms each image offers, without downloading layers": "打印每个镜像提供的平台，不下载层",
+    "Blob {digest} reused from {path}.": "blob {digest} 复用自 {path}。",
+    "The credential helper {program} named in the Docker configuration is not installed.": "Docker 配置中指定的凭据助手 {program} 没有安装。",
+    "The credential helper {program} failed: {error}": "凭据助手 {program} 运行失败：{error}",
+    "The credential helper {program} returned something that is not its JSON answer.": "凭据助手 {program} 的输出不是它应有的 JSON 应答。",
+    "Skipping the credentials file {path}: {error}": "跳过凭据文件 {path}：{error}",
+    "Invalid mirror {value!r}: expected [REGISTRY=]https://HOST[:PORT][/PATH].": "无效的镜像加速器 {value!r}：应为 [REGISTRY=]https://主机[:端口][/路径]。",
+    "The mirror {mirror} failed for {reference}: {error} Trying the next source.": "镜像加速器 {mirror} 拉取 {reference} 失败：{error} 改用下一个来源。",
+    "Unknown key {key} in [{section}] of {path}; it is ignored.": "{path} 的 [{section}] 中有未知的键 {key}，已忽略。",
+    "The CA certificate file {path} does not exist.": "CA 证书文件 {path} 不存在。",
+    "fetch the registry's images from this mirror first, falling back to the next mirror and then the registry; repeatable; REGISTRY defaults to docker.io": "先从这个镜像加速器拉取该 registry 的镜像，失败时依次改用下一个加速器，最后用 registry 本身；可重复指定；REGISTRY 默认为 docker.io",
+    "CA certificates (PEM) to verify registries with, instead of the system's": "用于校验 registry 的 CA 证书（PEM），代替系统自带的证书",
     # command line
     "Pull container images from a registry into archives that docker load, podman load and ctr images import accept, without a Docker daemon.": "无需 Docker 守护进程，从 registry 拉取容器镜像，生成 docker load、podman load 和 ctr images import 都能导入的归档。",
     "examples:\n  python docker_image_puller.py nginx:latest -t 12\n  python docker_image_puller.py registry.example.com:5000/team/app:v1 --platform linux/arm64 -d images\n  echo \"$TOKEN\" | python docker_image_puller.py -u alice --password-stdin ghcr.io/alice/app:1.0\n\nexit status: 0 success, 1 failure, 2 usage error, 130 interrupted (run the same command again to resume).": "示例：\n  python docker_image_puller.py nginx:latest -t 12\n  python docker_image_puller.py registry.example.com:5000/team/app:v1 --platform linux/arm64 -d images\n  echo \"$TOKEN\" | python docker_image_puller.py -u alice --password-stdin ghcr.io/alice/app:1.0\n\n退出码：0 成功，1 失败，2 用法错误，130 被中断（重新运行同一命令即可续传）。",
@@ -2943,6 +3167,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-u", "--username", metavar="USER", help=tr("registry user name (or $DOCKER_IMAGE_PULLER_USERNAME)"))
     parser.add_argument("--password-stdin", action="store_true", help=tr("read the password or access token from standard input (or set $DOCKER_IMAGE_PULLER_PASSWORD)"))
     parser.add_argument("-p", "--password", metavar="PASSWORD", help=tr("password on the command line: insecure, other users can read it; prefer --password-stdin"))
+    parser.add_argument("--mirror", action="append", default=[], metavar="[REGISTRY=]URL", help=tr("fetch the registry's images from this mirror first, falling back to the next mirror and then the registry; repeatable; REGISTRY defaults to docker.io"))
+    parser.add_argument("--ca-cert", metavar="FILE", help=tr("CA certificates (PEM) to verify registries with, instead of the system's"))
     parser.add_argument("--insecure", action="store_true", help=tr("allow plain HTTP and skip TLS certificate checks for the registries of this run"))
     parser.add_argument("--retry", type=int, metavar="N", help=tr("retries per request and per blob after network errors, 408, 429 and 5xx (default: 5)"))
     parser.add_argument("--retry-delay", type=float, default=DEFAULT_BACKOFF_BASE, metavar="SECONDS", help=tr("first backoff before a retry, doubled on each retry up to 30 s, with jitter (default: 1)"))
@@ -3049,8 +3275,9 @@ def collect_references(args: argparse.Namespace, stdin) -> List[Reference]:
 _RATE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmg]?)(?:i?b)?(?:/s)?", re.IGNORECASE)
 RATE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
 CONFIG_FILE_NAME = "config.ini"
-# [network] keys of config.ini and the command-line options they stand in for.
+# Keys of config.ini by section, and the command-line options they stand in for.
 CONFIG_NETWORK_KEYS = {"max_bandwidth": "limit_rate", "threads": "threads", "retries": "retry", "timeout": "timeout"}
+CONFIG_REGISTRY_KEYS = {"mirrors": "mirror", "insecure_registries": "insecure_registries", "platform": "platform", "ca_cert": "ca_cert"}
 
 
 def parse_rate(text: str, source: str = "--limit-rate") -> float:
@@ -3092,12 +3319,20 @@ def load_config(args: argparse.Namespace) -> Tuple[Optional[str], Dict[str, str]
         except (OSError, UnicodeDecodeError, configparser.Error) as error:
             raise UsageError(Text("The configuration file {path} could not be read: {error}", path=path, error=str(error).splitlines()[0]))
         values = {}
-        if parser.has_section("network"):
-            for key, value in parser.items("network"):
-                if key in CONFIG_NETWORK_KEYS and value.strip():
-                    values[CONFIG_NETWORK_KEYS[key]] = value.strip()
+        for section, keys in (("network", CONFIG_NETWORK_KEYS), ("registry", CONFIG_REGISTRY_KEYS)):
+            if parser.has_section(section):
+                for key, value in parser.items(section):
+                    if key in keys and value.strip():
+                        values[keys[key]] = value.strip()
+                    elif key not in keys:
+                        LOGGER.warning(Text("Unknown key {key} in [{section}] of {path}; it is ignored.", key=key, section=section, path=path))
         return path, values
     return None, {}
+
+
+def split_list(text: str) -> List[str]:
+    """Split a config.ini list written with commas, blanks or one item per line."""
+    return [item for item in re.split(r"[\s,]+", text) if item]
 
 
 def number_in_range(value: float, minimum: float, maximum: Optional[float]) -> float:
@@ -3115,7 +3350,7 @@ def resolve_option(args: argparse.Namespace, config: Dict[str, str], config_path
         try:
             return convert(config[name])
         except (ValueError, UsageError):
-            key = next(k for k, v in CONFIG_NETWORK_KEYS.items() if v == name)
+            key = next(k for k, v in list(CONFIG_NETWORK_KEYS.items()) + list(CONFIG_REGISTRY_KEYS.items()) if v == name)
             raise UsageError(Text("Invalid value {value!r} for {key} in {path}.", value=config[name], key=key, path=config_path))
     return default
 
@@ -3145,18 +3380,27 @@ def settings_from_args(args: argparse.Namespace, references: Sequence[Reference]
             if path in archives and archives[path] != reference:
                 raise UsageError(Text("{first} and {second} would both be written to {path}; pull them in separate runs with different -d or -o.", first=archives[path], second=reference, path=path))
             archives[path] = reference
-    platform_text = args.platform or os.environ.get(ENV_DEFAULT_PLATFORM)
+    platform_text = args.platform or os.environ.get(ENV_DEFAULT_PLATFORM) or config.get("platform")
     platform = parse_platform(platform_text or DEFAULT_PLATFORM)
-    insecure = frozenset(r.api_host for r in references) if args.insecure else frozenset()
+    mirror_texts = args.mirror or split_list(config.get("mirror", ""))
+    mirrors = tuple(parse_mirror(text) for text in mirror_texts)
+    insecure = set(r.api_host for r in references) if args.insecure else set()
+    if args.insecure:
+        insecure.update(mirror.host for mirror in mirrors)
+    insecure.update(parse_registry(name) for name in split_list(config.get("insecure_registries", "")))
+    ca_file = args.ca_cert or config.get("ca_cert")
+    if ca_file and not os.path.isfile(ca_file):
+        raise UsageError(Text("The CA certificate file {path} does not exist.", path=ca_file))
     network = NetworkOptions(
         retries=args.retry, backoff_base=args.retry_delay, read_timeout=args.timeout,
-        connect_timeout=min(DEFAULT_CONNECT_TIMEOUT, args.timeout), insecure_registries=insecure,
+        connect_timeout=min(DEFAULT_CONNECT_TIMEOUT, args.timeout), insecure_registries=frozenset(insecure),
+        ca_file=ca_file,
     )
     return PullSettings(
         directory=args.dir, output=args.output, platform=platform, platform_explicit=bool(platform_text),
-        threads=args.threads, network=network, credentials=read_credentials(args, stdin),
+        threads=args.threads, network=network, credentials=CredentialSource(read_credentials(args, stdin)),
         show_progress=not args.quiet and sys.stderr.isatty(), remove_blobs=args.remove_blobs,
-        limiter=RateLimiter(rate), config_path=config_path,
+        limiter=RateLimiter(rate), config_path=config_path, mirrors=mirrors,
     )
 
 
@@ -3274,7 +3518,7 @@ def list_platforms(references: Sequence[Reference], settings: PullSettings, args
     """Print each image's platforms and manifest digests; no layer is downloaded."""
     status = EXIT_OK
     for reference in references:
-        client = RegistryClient(reference, settings.network, settings.credentials, new_cancel_event(), settings.limiter)
+        client = RegistryClient(reference, settings.network, settings.credentials.for_registry(reference.registry), new_cancel_event(), settings.limiter)
         try:
             client.ping()
             top = fetch_manifest(client, reference.manifest_reference, reference.digest)

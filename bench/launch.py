@@ -11,10 +11,11 @@ or about 10 MiB, whichever is larger.
 
 Input on stdin: {"commands": [[ARGV...], ...], "log_dir": PATH, "timeout": SECONDS}.
 Each child's stdout and stderr go to LOG_DIR/process-N.stdout and .stderr.
-Output on stdout: {"wall_seconds": ..., "processes": [{"pid", "exit_code",
-"cpu_seconds", "max_rss_kib", "finished_seconds", "error"}, ...]}, where
-exit_code is null for a child killed after the timeout and finished_seconds
-counts from just before the first spawn.
+Output on stdout: {"wall_seconds": ..., "started_monotonic": ..., "processes":
+[{"pid", "exit_code", "cpu_seconds", "max_rss_kib", "finished_seconds",
+"error"}, ...]}, where exit_code is null for a child killed after the timeout,
+finished_seconds counts from just before the first spawn, and
+started_monotonic is time.monotonic() at that moment.
 """
 
 import json
@@ -94,7 +95,7 @@ def main() -> int:
         time.sleep(POLL_INTERVAL)
 
     wall = max(result["finished_seconds"] for result in results) if results else 0.0
-    json.dump({"wall_seconds": wall, "processes": results}, sys.stdout)
+    json.dump({"wall_seconds": wall, "started_monotonic": started, "processes": results}, sys.stdout)
     sys.stdout.write("\n")
     return 0
 

@@ -61,8 +61,10 @@ class ProcessResult:
 
 def run_concurrently(
     commands: Sequence[List[str]], log_dir: Path, timeout: float, environment: Dict[str, str]
-) -> Tuple[float, List[ProcessResult]]:
-    """Start all commands at once through launch.py and return the wall time and each result.
+) -> Tuple[float, float, List[ProcessResult]]:
+    """Start all commands at once through launch.py and return the wall time, the start and each result.
+
+    The start is time.monotonic() just before the first command was started.
 
     A command still running `timeout` seconds after the start is sent SIGKILL
     and gets exit_code None. Standard output and error go to files in `log_dir`.
@@ -94,7 +96,7 @@ def run_concurrently(
                 error=process["error"],
             )
         )
-    return output["wall_seconds"], results
+    return output["wall_seconds"], output["started_monotonic"], results
 
 
 class ShaperProcess:

@@ -31,6 +31,9 @@ class RunRecord:
     relay_bytes_to_client: Optional[int] = None
     relay_connections: Optional[int] = None
     relay_max_open_connections: Optional[int] = None
+    # seconds from the start of the run until the last byte from the registry
+    # reached the client (it left the relay's delay queue)
+    last_byte_seconds: Optional[float] = None
     # one [opened, client done, last byte, bytes to client] entry per connection, see shaper.py
     relay_connection_log: Optional[List[List[float]]] = None
 
@@ -87,7 +90,7 @@ def scenario_markdown(report: ScenarioReport) -> str:
     if report.share_of:
         header.append("share of %.0f MB/s" % report.share_of)
     if shaped:
-        header += ["connections (max open)", "relay bytes / payload", "relay CPU s"]
+        header += ["last byte s", "connections (max open)", "relay bytes / payload", "relay CPU s"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
 
@@ -110,10 +113,12 @@ def scenario_markdown(report: ScenarioReport) -> str:
         if shaped:
             relayed = [r.relay_bytes_to_client / r.payload_bytes for r in good if r.relay_bytes_to_client is not None]
             relay_cpu = [r.relay_cpu_seconds for r in good if r.relay_cpu_seconds is not None]
+            last_byte = [r.last_byte_seconds for r in good if r.last_byte_seconds is not None]
             connections = _median([r.relay_connections for r in good if r.relay_connections is not None])
-            max_open = max((r.relay_max_open_connections or 0 for r in good), default=None)
+            max_open = [r.relay_max_open_connections for r in good if r.relay_max_open_connections is not None]
             row += [
-                "%s (%s)" % (_format(connections, 0), "—" if max_open is None else max_open),
+                _format(_median(last_byte), 2),
+                "—" if connections is None else "%s (%d)" % (_format(connections, 0), max(max_open)),
                 _format(_median(relayed), 3),
                 _format(_median(relay_cpu), 2),
             ]

@@ -192,7 +192,7 @@ def machine_facts(tool: Path) -> Dict[str, str]:
 def rss_floor_mib() -> float:
     """Return the peak RSS that launch.py reports for /bin/true: the least any command can show."""
     with tempfile.TemporaryDirectory() as folder:
-        _, results = run_concurrently([["true"]], Path(folder), 30, child_environment())
+        _, _, results = run_concurrently([["true"]], Path(folder), 30, child_environment())
     return results[0].max_rss_kib / 1024
 
 
@@ -236,10 +236,12 @@ class Bench:
             )
             host = relay.start()
         failure: Optional[str] = None
-        wall, results = 0.0, []
+        wall, started, results = 0.0, 0.0, []
         try:
             commands = build(host, self.run_dir)
-            wall, results = run_concurrently(commands, self.run_dir / "logs", self.args.run_timeout, child_environment())
+            wall, started, results = run_concurrently(
+                commands, self.run_dir / "logs", self.args.run_timeout, child_environment()
+            )
         except (RuntimeError, subprocess.TimeoutExpired) as error:
             failure = "the launcher failed: %s" % error
         finally:
@@ -269,6 +271,7 @@ class Bench:
             record.relay_connections = int(relay_stats.get("connections", 0))  # type: ignore[arg-type]
             record.relay_max_open_connections = int(relay_stats.get("max_open_connections", 0))  # type: ignore[arg-type]
             record.relay_connection_log = relay_stats.get("connection_log")  # type: ignore[assignment]
+            record.last_byte_seconds = _last_byte_seconds(relay_stats, started, link)
         report.records.append(record)
         self.records.append(record)
         self._print_progress(record)
@@ -380,6 +383,16 @@ def split_ranges(size: int, count: int) -> List[tuple]:
     """Split bytes 0..size-1 into `count` inclusive (start, end) ranges of nearly equal length."""
     bounds = [size * index // count for index in range(count + 1)]
     return [(bounds[index], bounds[index + 1] - 1) for index in range(count) if bounds[index + 1] > bounds[index]]
+
+
+def _last_byte_seconds(relay_stats: Dict[str, object], started: float, link: Link) -> Optional[float]:
+    """Return when the last payload byte reached the client, in seconds from the start of the run."""
+    log = relay_stats.get("connection_log")
+    relay_started = relay_stats.get("started_monotonic")
+    if not log or not isinstance(relay_started, float) or not started:
+        return None
+    last_read = max(entry[2] for entry in log)  # type: ignore[union-attr]
+    return relay_started + last_read + link.delay_ms / 1000 - started
 
 
 def _program_name(command: Sequence[str]) -> str:
@@ -577,6 +590,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         pushed = prepare_images(registry, args.cache_dir, args.scenarios)
         warm_page_cache(registry, pushed)
+        # Generating and pushing layers leaves GiBs to write back, which would
+        # otherwise slow down the first runs.
+        os.sync()
         bench = Bench(args, registry, pushed)
         for name in SCENARIOS:
             if name in args.scenarios:

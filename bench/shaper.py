@@ -554,6 +554,8 @@ async def serve(args: argparse.Namespace) -> None:
             "connections": stats.connections,
             "failed_connects": stats.failed_connects,
             "max_open_connections": stats.max_open_connections,
+            # loop.time() is time.monotonic(), the same clock in every process of this machine
+            "started_monotonic": shaper.started,
             "connection_log": stats.connection_log,
         }
     )

@@ -114,3 +114,15 @@ def test_one_archive_not_written_when_an_image_fails(registry, tmp_path):
     assert result.returncode == 1
     assert not output.exists()
     assert "was not written" in result.stderr
+
+
+def test_blob_shared_across_repositories_fetched_once(registry, tmp_path):
+    one = "%s/team/one:v1" % registry.host
+    two = "%s/team/two:v1" % registry.host
+    result = run_puller([one, two, "-d", str(tmp_path), "-q"])
+    assert result.returncode == 0, result.stderr
+    shared = [r for r in registry.requests_to("/blobs/") if r.method == "GET"]
+    digests = [r.path.rsplit("/", 1)[1] for r in shared]
+    assert len(digests) == len(set(digests)), "the layer both images share was downloaded twice"
+    assert "reused from" in (tmp_path / "docker_puller.log").read_text()
+    assert (tmp_path / "team_two_v1.tar").is_file()
