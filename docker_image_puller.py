@@ -2565,11 +2565,26 @@ def _add_verified_blob(tar: tarfile.TarFile, digest: str, size: int, path: str) 
 # ---------------------------------------------------------------------------
 
 
-class Progress:
-    """One bar for the whole image and one per downloading blob; silent when disabled."""
+PROGRESS_LOG_INTERVAL = 5.0  # seconds between progress lines when stderr is not a terminal
 
-    def __init__(self, enabled: bool, total: int, description: str) -> None:
+
+class Progress:
+    """One bar for the whole image and one per downloading blob on a terminal.
+
+    Elsewhere (a CI log, a batch script's output) it logs one line every few seconds
+    instead, unless ``log_lines`` is off (-q).
+    """
+
+    def __init__(self, enabled: bool, total: int, description: str, log_lines: bool = False) -> None:
         self.enabled = enabled
+        self.description = description
+        self.total = total
+        self.log_lines = log_lines and not enabled
+        self.done = 0
+        self.transferred = 0
+        self.started = time.monotonic()
+        self.logged_at = self.started
+        self._lock = threading.Lock()
         self.overall = tqdm(
             total=total, desc=description, unit="B", unit_scale=True, unit_divisor=1024,
             disable=not enabled, leave=True, dynamic_ncols=True,
@@ -2580,6 +2595,26 @@ class Progress:
 
     def blob_cached(self, descriptor: Descriptor) -> None:
         self.overall.update(descriptor.size)
+        if self.enabled:
+            tqdm.write(Text("{digest}: already downloaded", digest=descriptor.hex[:12]).render(), file=sys.stderr)
+        self.advance(descriptor.size, fresh=False)
+
+    def advance(self, count: int, fresh: bool = True) -> None:
+        """Count bytes done (``fresh`` ones came over the network); log a line now and then."""
+        with self._lock:
+            self.done += count
+            if fresh:
+                self.transferred += count
+            now = time.monotonic()
+            if not self.log_lines or now - self.logged_at < PROGRESS_LOG_INTERVAL:
+                return
+            self.logged_at = now
+            done, transferred, elapsed = self.done, self.transferred, now - self.started
+        LOGGER.info(Text(
+            "{image}: {done} of {total} ({percent:.0f}%), {rate}/s",
+            image=self.description, done=format_size(done), total=format_size(self.total),
+            percent=100.0 * done / self.total if self.total else 100.0, rate=format_size(transferred / elapsed if elapsed else 0),
+        ))
 
     def close(self) -> None:
         self.overall.close()
@@ -2602,13 +2637,16 @@ class BlobBar:
             unit_divisor=1024, disable=not progress.enabled, leave=False, dynamic_ncols=True,
         )
         progress.overall.update(initial)
+        progress.advance(initial, fresh=False)
 
     def update(self, count: int) -> None:
         self.bar.update(count)
         self.progress.overall.update(count)
+        self.progress.advance(count)
 
     def restart(self) -> None:
         self.progress.overall.update(-self.bar.n)
+        self.progress.advance(-self.bar.n, fresh=False)
         self.bar.reset(total=self.bar.total)
 
     def __enter__(self) -> "BlobBar":
@@ -2721,6 +2759,7 @@ class PullSettings:
     credentials: CredentialSource
     show_progress: bool
     mirrors: Tuple[Mirror, ...] = ()
+    log_progress: bool = False  # a progress line every few seconds when there are no bars
     remove_blobs: bool = False
     config_path: Optional[str] = None  # the config.ini that was read, if any
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(None))  # shared by every image of the run
@@ -2841,7 +2880,7 @@ def fetch_from(reference: Reference, source: Reference, scheme: Optional[str], s
         total = sum(d.size for d in distinct.values())
         check_free_space(store, list(distinct.values()), None if archive == STDOUT_ARCHIVE else archive, len(image.manifest.raw))
 
-        with Progress(settings.show_progress, total, reference.familiar_name) as progress:
+        with Progress(settings.show_progress, total, reference.familiar_name, log_lines=settings.log_progress) as progress:
             downloader = BlobDownloader(client, store, progress, ConnectionBudget(settings.threads))
             config_path = downloader.fetch(image.config)
             platform = check_config(load_config_blob(config_path, image.config), image, settings.platform if settings.platform_explicit else None)
@@ -3081,6 +3120,8 @@ ZH_MESSAGES = {
     "The CA certificate file {path} does not exist.": "CA 证书文件 {path} 不存在。",
     "fetch the registry's images from this mirror first, falling back to the next mirror and then the registry; repeatable; REGISTRY defaults to docker.io": "先从这个镜像加速器拉取该 registry 的镜像，失败时依次改用下一个加速器，最后用 registry 本身；可重复指定；REGISTRY 默认为 docker.io",
     "CA certificates (PEM) to verify registries with, instead of the system's": "用于校验 registry 的 CA 证书（PEM），代替系统自带的证书",
+    "{digest}: already downloaded": "{digest}：已下载",
+    "{image}: {done} of {total} ({percent:.0f}%), {rate}/s": "{image}：{done}/{total}（{percent:.0f}%），{rate}/s",
     # command line
     "Pull container images from a registry into archives that docker load, podman load and ctr images import accept, without a Docker daemon.": "无需 Docker 守护进程，从 registry 拉取容器镜像，生成 docker load、podman load 和 ctr images import 都能导入的归档。",
     "examples:\n  python docker_image_puller.py nginx:latest -t 12\n  python docker_image_puller.py registry.example.com:5000/team/app:v1 --platform linux/arm64 -d images\n  echo \"$TOKEN\" | python docker_image_puller.py -u alice --password-stdin ghcr.io/alice/app:1.0\n\nexit status: 0 success, 1 failure, 2 usage error, 130 interrupted (run the same command again to resume).": "示例：\n  python docker_image_puller.py nginx:latest -t 12\n  python docker_image_puller.py registry.example.com:5000/team/app:v1 --platform linux/arm64 -d images\n  echo \"$TOKEN\" | python docker_image_puller.py -u alice --password-stdin ghcr.io/alice/app:1.0\n\n退出码：0 成功，1 失败，2 用法错误，130 被中断（重新运行同一命令即可续传）。",
@@ -3399,7 +3440,7 @@ def settings_from_args(args: argparse.Namespace, references: Sequence[Reference]
     return PullSettings(
         directory=args.dir, output=args.output, platform=platform, platform_explicit=bool(platform_text),
         threads=args.threads, network=network, credentials=CredentialSource(read_credentials(args, stdin)),
-        show_progress=not args.quiet and sys.stderr.isatty(), remove_blobs=args.remove_blobs,
+        show_progress=not args.quiet and sys.stderr.isatty(), log_progress=not args.quiet, remove_blobs=args.remove_blobs,
         limiter=RateLimiter(rate), config_path=config_path, mirrors=mirrors,
     )
 

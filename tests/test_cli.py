@@ -291,3 +291,14 @@ def test_default_platform_mismatch_warns(tmp_path):
         result = run_puller(["%s/team/app:v1" % fake.host, "-d", str(tmp_path)])
     assert result.returncode == 0
     assert "built for linux/arm64/v8 only" in result.stderr
+
+
+def test_progress_lines_without_terminal(tmp_path, monkeypatch):
+    monkeypatch.setattr(dip, "PROGRESS_LOG_INTERVAL", 0.0)
+    with FakeRegistry() as fake:
+        fake.add_image("team/app", "v1", [random_layer(1, 300_000)])
+        directory = tmp_path / "work"
+        status = dip.main(["%s/team/app:v1" % fake.host, "-d", str(directory), "--lang", "en"])
+    assert status == 0
+    log = (directory / "docker_puller.log").read_text()
+    assert re.search(r"team/app: [\d.]+ \w+ of [\d.]+ KiB \(\d+%\), [\d.]+ \w+/s", log)
