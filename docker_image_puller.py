@@ -871,15 +871,20 @@ def stored_credentials(registry: str) -> Optional[Credentials]:
 
 
 class CredentialSource:
-    """Logins per registry: the command line and environment first, then Docker's and podman's files."""
+    """Logins per registry: the command line and environment first, then Docker's and podman's files.
 
-    def __init__(self, given: Optional[Credentials]) -> None:
+    A login from the command line or the environment goes only to the registries that the
+    image references name, never to a mirror.
+    """
+
+    def __init__(self, given: Optional[Credentials], registries: Sequence[str] = ()) -> None:
         self.given = given
+        self.registries = frozenset(registries)
         self._cache: Dict[str, Optional[Credentials]] = {}
         self._lock = threading.Lock()
 
     def for_registry(self, registry: str) -> Optional[Credentials]:
-        if self.given is not None:
+        if self.given is not None and registry in self.registries:
             return self.given
         with self._lock:
             if registry not in self._cache:
@@ -3439,7 +3444,7 @@ def settings_from_args(args: argparse.Namespace, references: Sequence[Reference]
     )
     return PullSettings(
         directory=args.dir, output=args.output, platform=platform, platform_explicit=bool(platform_text),
-        threads=args.threads, network=network, credentials=CredentialSource(read_credentials(args, stdin)),
+        threads=args.threads, network=network, credentials=CredentialSource(read_credentials(args, stdin), [r.registry for r in references]),
         show_progress=not args.quiet and sys.stderr.isatty(), log_progress=not args.quiet, remove_blobs=args.remove_blobs,
         limiter=RateLimiter(rate), config_path=config_path, mirrors=mirrors,
     )

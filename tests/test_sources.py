@@ -189,3 +189,14 @@ def test_missing_ca_file_rejected(tmp_path):
     result = run_puller(["127.0.0.1:9/team/app", "--ca-cert", str(tmp_path / "none.pem"), "-d", str(tmp_path / "work")])
     assert result.returncode == 2
     assert "does not exist" in result.stderr
+
+
+def test_command_line_login_not_sent_to_mirror(mirror, tmp_path):
+    with FakeRegistry(auth="basic", users={"alice": "s3cret"}) as origin_private:
+        origin_private.add_image("team/app", "v1", [random_layer(67, 5000)])
+        arguments = ["%s/team/app:v1" % origin_private.host, "-u", "alice", "--password-stdin", "--retry", "0",
+                     "--mirror", "%s=http://%s" % (origin_private.host, mirror.host), "-d", str(tmp_path / "work"), "-q"]
+        result = run_puller(arguments, stdin="s3cret\n", env=isolated(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert mirror.requests_to("/v2/")
+    assert all(record.header("Authorization") is None for record in mirror.requests)
