@@ -18,7 +18,7 @@ OFFLINE_PROXIES = {
 
 
 def puller_environment(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-    """The test process's environment, in English, without proxies that could catch loopback."""
+    """Return the test process's environment in English, with the offline proxy guard."""
     environment = {
         key: value for key, value in os.environ.items()
         if key.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "docker_default_platform")

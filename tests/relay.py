@@ -1,4 +1,4 @@
-"""A TCP relay on 127.0.0.1 that slows the registry's answers down.
+"""A TCP relay on 127.0.0.1 that slows the registry's responses down.
 
 Pulls from a registry on loopback finish in a fraction of a second, too fast to kill
 a pull in the middle or to let a token expire between two requests. Pointing the
@@ -16,7 +16,7 @@ COPY_CHUNK = 64 * 1024
 
 
 class ThrottlingRelay:
-    """Forward connections from a free port to ``target``, capping each answer at ``rate`` bytes/s."""
+    """Forward connections from a free port to ``target``, capping each response stream at ``rate`` bytes/s per connection."""
 
     def __init__(self, target: Tuple[str, int], rate: float) -> None:
         if target[0] != LOOPBACK:
