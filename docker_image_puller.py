@@ -1223,7 +1223,8 @@ class RegistryClient:
                 response.close()
                 if reauthenticated:
                     raise AuthenticationError(
-                        Text("{phase} failed: the registry {registry} rejected the request again after authenticating anew (HTTP 401 from {url}).", phase=phase, registry=self.host, url=redact_url(url)),
+                        Text("{phase} failed: the registry {registry} rejected the request again after authenticating anew {who} (HTTP 401 from {url}).", phase=phase, registry=self.host, url=redact_url(url),
+                             who=Text("as {user}", user=self.auth.credentials.username) if self.auth.credentials else Text("without a login")),
                         ERROR_CODE_HINTS["UNAUTHORIZED"],
                     )
                 self.auth.handle_unauthorized(challenge_header, self.scope, authorization)
@@ -2731,7 +2732,7 @@ class Mirror:
 
     registry: str  # the registry it mirrors, docker.io unless given as REGISTRY=URL
     host: str
-    scheme: str
+    scheme: Optional[str]  # None: found as for a registry
     prefix: str = ""  # a proxy that serves several registries puts each under a path
 
     def source_for(self, reference: Reference) -> Reference:
@@ -2746,11 +2747,14 @@ def parse_mirror(text: str) -> Mirror:
     if "=" in value.split("://", 1)[0]:
         registry_text, value = value.split("=", 1)
         registry = parse_registry(registry_text.strip())
-    parts = urllib.parse.urlsplit(value if "://" in value else "https://" + value)
+    explicit_scheme = "://" in value
+    parts = urllib.parse.urlsplit(value if explicit_scheme else "https://" + value)
     prefix = parts.path.strip("/")
     if parts.scheme not in ("http", "https") or not _DOMAIN_RE.fullmatch(parts.netloc or "") or parts.query or parts.fragment or (prefix and not _PATH_RE.fullmatch(prefix)):
         raise UsageError(Text("Invalid mirror {value!r}: expected [REGISTRY=]https://HOST[:PORT][/PATH].", value=text))
-    return Mirror(registry, parts.netloc, parts.scheme, prefix)
+    # Without a scheme the mirror is contacted as a registry is: HTTPS, then plain HTTP
+    # for loopback and --insecure hosts.
+    return Mirror(registry, parts.netloc, parts.scheme if explicit_scheme else None, prefix)
 
 
 @dataclass
@@ -2764,6 +2768,7 @@ class PullSettings:
     credentials: CredentialSource
     show_progress: bool
     mirrors: Tuple[Mirror, ...] = ()
+    dead_mirrors: set = field(default_factory=set)  # mirrors that could not be reached in this run
     log_progress: bool = False  # a progress line every few seconds when there are no bars
     remove_blobs: bool = False
     config_path: Optional[str] = None  # the config.ini that was read, if any
@@ -2854,21 +2859,44 @@ class FetchedImage:
     size: int
 
 
+MIRROR_RETRIES = 1  # a mirror gets one retry per request before the next source is tried
+
+
+def child_cancel_event(parent: threading.Event) -> threading.Event:
+    """Return an event for one attempt: a failed attempt sets it without cancelling the image."""
+    event = threading.Event()
+    CANCEL_EVENTS.append(event)
+    if parent.is_set():
+        event.set()
+    return event
+
+
+def mirror_sources(reference: Reference, settings: PullSettings) -> List[Mirror]:
+    return [m for m in settings.mirrors if m.registry == reference.registry and m.host not in settings.dead_mirrors]
+
+
 def fetch_image(reference: Reference, settings: PullSettings, cancel: threading.Event, archive: Optional[str]) -> FetchedImage:
     """Fetch from the reference's mirrors in order, then from its own registry, as Docker does.
 
     A mirror that fails for any reason but a local one (disk, folder) hands over to the
-    next source. The working folder and the archive always use the original name.
+    next source, and one that cannot be reached is skipped for the rest of the run. The
+    working folder and the archive always use the original name.
     """
-    mirrors = [mirror for mirror in settings.mirrors if mirror.registry == reference.registry]
-    for mirror in mirrors:
+    for mirror in mirror_sources(reference, settings):
+        attempt = child_cancel_event(cancel)
+        mirror_settings = dataclasses.replace(settings, network=dataclasses.replace(settings.network, retries=min(settings.network.retries, MIRROR_RETRIES)))
         try:
-            return fetch_from(reference, mirror.source_for(reference), mirror.scheme, settings, cancel, archive)
+            return fetch_from(reference, mirror.source_for(reference), mirror.scheme, mirror_settings, attempt, archive)
         except (LocalFileError, UsageError):
             raise
         except PullerError as error:
+            attempt.set()
+            if isinstance(error, RegistryError) and error.status is None:
+                settings.dead_mirrors.add(mirror.host)
             LOGGER.warning(Text("The mirror {mirror} failed for {reference}: {error} Trying the next source.", mirror=mirror.host, reference=reference, error=error.message))
-    return fetch_from(reference, reference, None, settings, cancel, archive)
+        if cancel.is_set():
+            raise Cancelled()
+    return fetch_from(reference, reference, None, settings, child_cancel_event(cancel), archive)
 
 
 def fetch_from(reference: Reference, source: Reference, scheme: Optional[str], settings: PullSettings, cancel: threading.Event, archive: Optional[str]) -> FetchedImage:
@@ -3062,7 +3090,9 @@ ZH_MESSAGES = {
     "The token service {realm} rejected the request for {scope} as {user} (HTTP {status}).": "token 服务 {realm} 拒绝了 {user} 对 {scope} 的请求（HTTP {status}）。",
     "Token for {scope} rejected or expired; authenticating again.": "{scope} 的 token 被拒绝或已过期；重新认证。",
     "{phase} failed: TLS error from {url}: {error}.": "{phase} 失败：{url} 的 TLS 错误：{error}。",
-    "{phase} failed: the registry {registry} rejected the request again after authenticating anew (HTTP 401 from {url}).": "{phase} 失败：重新认证后 registry {registry} 仍然拒绝该请求（{url} 返回 HTTP 401）。",
+    "{phase} failed: the registry {registry} rejected the request again after authenticating anew {who} (HTTP 401 from {url}).": "{phase} 失败：{who}重新认证后，registry {registry} 仍然拒绝该请求（{url} 返回 HTTP 401）。",
+    "as {user}": "以用户 {user} ",
+    "without a login": "未使用登录凭据",
     "{phase} failed: {method} {url}: {error}.": "{phase} 失败：{method} {url}：{error}。",
     "Interrupted; downloads so far are kept. Run the same command again to resume.": "已中断；已下载的内容会保留。重新运行同一命令即可续传。",
     "Unexpected error: {error!r}.": "意外错误：{error!r}。",
@@ -3127,6 +3157,7 @@ ZH_MESSAGES = {
     "CA certificates (PEM) to verify registries with, instead of the system's": "用于校验 registry 的 CA 证书（PEM），代替系统自带的证书",
     "{digest}: already downloaded": "{digest}：已下载",
     "{image}: {done} of {total} ({percent:.0f}%), {rate}/s": "{image}：{done}/{total}（{percent:.0f}%），{rate}/s",
+    "Finished: {pulled} pulled, {failed} failed, {skipped} skipped.": "完成：已拉取 {pulled} 个，失败 {failed} 个，跳过 {skipped} 个。",
     # command line
     "Pull container images from a registry into archives that docker load, podman load and ctr images import accept, without a Docker daemon.": "无需 Docker 守护进程，从 registry 拉取容器镜像，生成 docker load、podman load 和 ctr images import 都能导入的归档。",
     "examples:\n  python docker_image_puller.py nginx:latest -t 12\n  python docker_image_puller.py registry.example.com:5000/team/app:v1 --platform linux/arm64 -d images\n  echo \"$TOKEN\" | python docker_image_puller.py -u alice --password-stdin ghcr.io/alice/app:1.0\n\nexit status: 0 success, 1 failure, 2 usage error, 130 interrupted (run the same command again to resume).": "示例：\n  python docker_image_puller.py nginx:latest -t 12\n  python docker_image_puller.py registry.example.com:5000/team/app:v1 --platform linux/arm64 -d images\n  echo \"$TOKEN\" | python docker_image_puller.py -u alice --password-stdin ghcr.io/alice/app:1.0\n\n退出码：0 成功，1 失败，2 用法错误，130 被中断（重新运行同一命令即可续传）。",
@@ -3149,7 +3180,7 @@ ZH_MESSAGES = {
     "Invalid --threads {value}: expected 1 to {maximum}.": "无效的 --threads {value}：应为 1 到 {maximum}。",
     "Invalid --retry {value}: expected 0 or more.": "无效的 --retry {value}：应为 0 或更大。",
     "Invalid --retry-delay or --timeout: expected a positive number of seconds.": "无效的 --retry-delay 或 --timeout：应为正数秒。",
-    "-o - streams one image; write several images into a file with -o FILE.": "-o - 只能输出一个镜像；多个镜像请用 -o FILE 写进同一个文件。",
+    "--json and -o - both write to standard output; use one of them.": "--json 和 -o - 都要写标准输出；只能用其中一个。",
     "--password and --password-stdin exclude each other.": "--password 和 --password-stdin 不能同时使用。",
     "WARNING! Using --password on the command line is insecure: other users can read it. Use --password-stdin.": "警告！在命令行使用 --password 不安全：其他用户可以看到。请使用 --password-stdin。",
 }
@@ -3417,8 +3448,8 @@ def settings_from_args(args: argparse.Namespace, references: Sequence[Reference]
         raise UsageError(Text("Invalid --retry {value}: expected 0 or more.", value=args.retry))
     if args.retry_delay < 0 or args.timeout <= 0:
         raise UsageError(Text("Invalid --retry-delay or --timeout: expected a positive number of seconds."))
-    if args.output == STDOUT_ARCHIVE and len(references) > 1:
-        raise UsageError(Text("-o - streams one image; write several images into a file with -o FILE."))
+    if args.output == STDOUT_ARCHIVE and args.json:
+        raise UsageError(Text("--json and -o - both write to standard output; use one of them."))
     if not args.output:
         archives: Dict[str, Reference] = {}
         for reference in references:
@@ -3495,9 +3526,8 @@ def emit_result(result: ImageResult, args: argparse.Namespace) -> None:
         record = {
             "reference": str(result.reference), "status": result.status, "digest": result.digest or None,
             "platform": result.platform or None, "archive": result.archive or None, "size": result.size,
+            "error": result.error or None,
         }
-        if result.error:
-            record["error"] = result.error
         print(json.dumps(record, ensure_ascii=False), flush=True)
     elif result.status == "pulled" and not args.quiet and result.archive != STDOUT_ARCHIVE:
         print(result.archive, flush=True)
@@ -3531,7 +3561,9 @@ def run_pulls(references: Sequence[Reference], settings: PullSettings, args: arg
     if combined:
         failed = [r for r in results if r.status != "pulled"]
         if failed:
-            print_error(PullerError(Text("The archive {path} was not written because {count} of {total} images could not be pulled.", path=settings.output, count=len(failed), total=len(references))))
+            not_written = PullerError(Text("The archive {path} was not written because {count} of {total} images could not be pulled.", path=settings.output, count=len(failed), total=len(references)))
+            LOGGER.error(not_written.render("en"), extra=FILE_ONLY)
+            print_error(not_written)
             for result in results:
                 if result.status == "pulled":
                     result.archive = ""
@@ -3542,8 +3574,12 @@ def run_pulls(references: Sequence[Reference], settings: PullSettings, args: arg
                 print_error(error)
                 for result in results:
                     result.status, result.archive, result.error = "failed", "", error.render()
-        for result in results:
-            emit_result(result, args)
+        if args.json:
+            for result in results:
+                emit_result(result, args)
+        elif not failed and not args.quiet and settings.output != STDOUT_ARCHIVE:
+            print(settings.output, flush=True)
+    LOGGER.info(Text("Finished: {pulled} pulled, {failed} failed, {skipped} skipped.", pulled=sum(r.status == "pulled" for r in results), failed=sum(r.status == "failed" for r in results), skipped=sum(r.status == "skipped" for r in results)), extra=FILE_ONLY)
     return results
 
 
@@ -3560,31 +3596,44 @@ def print_summary(results: Sequence[ImageResult]) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip(), file=sys.stderr)
 
 
+def platforms_at(source: Reference, scheme: Optional[str], settings: PullSettings) -> List[Tuple[str, str]]:
+    """Return (platform, manifest digest) pairs that the image at ``source`` offers."""
+    client = RegistryClient(source, settings.network, settings.credentials.for_registry(source.registry), new_cancel_event(), settings.limiter, scheme)
+    try:
+        client.ping()
+        top = fetch_manifest(client, source.manifest_reference, source.digest)
+        if top.media_type in INDEX_TYPES:
+            return [(str(platform_from_descriptor(entry)), entry["digest"]) for entry in index_entries(top)
+                    if not is_attestation(entry) and platform_from_descriptor(entry) is not None]
+        image = parse_image_manifest(top)
+        config = client.fetch_small(
+            client.blob_url(image.config.digest), headers={}, limit=MAX_CONFIG_BYTES, what=Text("config"),
+            phase=Text("Downloading blob {digest} of {image}", digest=image.config.digest, image=source.name),
+            parse=lambda response, raw: parse_json_object(raw, response, Text("config")),
+        )
+        return [(str(check_config(config, image, None)), top.digest)]
+    finally:
+        client.close()
+
+
 def list_platforms(references: Sequence[Reference], settings: PullSettings, args: argparse.Namespace) -> int:
-    """Print each image's platforms and manifest digests; no layer is downloaded."""
+    """Print each image's platforms and manifest digests, asking mirrors first; no layer is downloaded."""
     status = EXIT_OK
     for reference in references:
-        client = RegistryClient(reference, settings.network, settings.credentials.for_registry(reference.registry), new_cancel_event(), settings.limiter)
-        try:
-            client.ping()
-            top = fetch_manifest(client, reference.manifest_reference, reference.digest)
-            if top.media_type in INDEX_TYPES:
-                offers = [(str(platform_from_descriptor(entry)), entry["digest"]) for entry in index_entries(top)
-                          if not is_attestation(entry) and platform_from_descriptor(entry) is not None]
-            else:
-                image = parse_image_manifest(top)
-                config = client.fetch_small(
-                    client.blob_url(image.config.digest), headers={}, limit=MAX_CONFIG_BYTES, what=Text("config"),
-                    phase=Text("Downloading blob {digest} of {image}", digest=image.config.digest, image=reference.name),
-                    parse=lambda response, raw: parse_json_object(raw, response, Text("config")),
-                )
-                offers = [(str(check_config(config, image, None)), top.digest)]
-        except PullerError as error:
-            report_failure(reference, error, args)
-            status = EXIT_FAILURE
+        sources = [(m.source_for(reference), m.scheme) for m in mirror_sources(reference, settings)] + [(reference, None)]
+        offers: List[Tuple[str, str]] = []
+        for position, (source, scheme) in enumerate(sources):
+            try:
+                offers = platforms_at(source, scheme, settings)
+                break
+            except PullerError as error:
+                if position == len(sources) - 1:
+                    report_failure(reference, error, args)
+                    status = EXIT_FAILURE
+                else:
+                    LOGGER.warning(Text("The mirror {mirror} failed for {reference}: {error} Trying the next source.", mirror=source.registry, reference=reference, error=error.message))
+        else:
             continue
-        finally:
-            client.close()
         if args.json:
             print(json.dumps({"reference": str(reference), "platforms": [{"platform": p, "digest": d} for p, d in offers]}), flush=True)
         else:
@@ -3629,6 +3678,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if len(references) > 1 and not args.quiet and not args.json:
             print_summary(results)
         return EXIT_FAILURE if any(result.status != "pulled" for result in results) else EXIT_OK
+    except BrokenPipeError:
+        # The reader of standard output has gone (e.g. | head): stop quietly.
+        for event in CANCEL_EVENTS:
+            event.set()
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
     except (KeyboardInterrupt, Terminated, Cancelled) as interruption:
         for event in CANCEL_EVENTS:
             event.set()

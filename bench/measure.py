@@ -10,6 +10,7 @@ interpreter start-up, as a user would see it.
 import hashlib
 import json
 import os
+import resource
 import selectors
 import signal
 import subprocess
@@ -167,6 +168,61 @@ class ShaperProcess:
             except ValueError:
                 self.stats = {}
         return self.stats
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuSnapshot:
+    """CPU seconds used so far: by the whole machine, by this process's family and by the registry."""
+
+    # user + nice + system over all cores, from /proc/stat. irq and softirq are
+    # left out: with IRQ time accounting the kernel charges them to no process,
+    # and most of them during a run come from the benchmark's own loopback traffic.
+    machine_busy: float
+    machine_steal: float  # time the hypervisor ran something else while a core wanted to run
+    own: float  # this process and every child it has reaped (the launcher, the commands, the shaper)
+    registry: float
+
+
+def take_cpu_snapshot(registry_pid: int) -> CpuSnapshot:
+    with open("/proc/stat") as handle:
+        fields = [int(value) for value in handle.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = (fields + [0] * 8)[:8]
+    own = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        own += usage.ru_utime + usage.ru_stime
+    return CpuSnapshot(
+        machine_busy=(user + nice + system) / CLOCK_TICKS,
+        machine_steal=steal / CLOCK_TICKS,
+        own=own,
+        registry=process_cpu_seconds(registry_pid),
+    )
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """Return utime + stime of a running process from /proc/PID/stat, 0 when it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            text = handle.read()
+    except OSError:
+        return 0.0
+    # The fields after the command name, which is in brackets and may contain spaces.
+    fields = text.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def other_cpu_seconds(before: CpuSnapshot, after: CpuSnapshot) -> Tuple[float, float]:
+    """Return CPU seconds that other processes used between the snapshots, and the steal time.
+
+    "Other" is everything but the benchmark, its children and the registry,
+    for example a test suite running at the same time.
+    """
+    busy = after.machine_busy - before.machine_busy
+    ours = (after.own - before.own) + (after.registry - before.registry)
+    return max(0.0, busy - ours), after.machine_steal - before.machine_steal
 
 
 def sha256_of(handle, size: int) -> str:

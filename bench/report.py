@@ -28,6 +28,9 @@ class RunRecord:
     failure: Optional[str] = None
     archive_bytes: Optional[int] = None
     relay_cpu_seconds: Optional[float] = None
+    # CPU seconds that processes outside the benchmark used during the run, and steal time
+    other_cpu_seconds: Optional[float] = None
+    steal_seconds: Optional[float] = None
     relay_bytes_to_client: Optional[int] = None
     relay_connections: Optional[int] = None
     relay_max_open_connections: Optional[int] = None
@@ -86,7 +89,7 @@ def median_throughputs(records: Sequence[RunRecord]) -> Dict[str, Optional[float
 def scenario_markdown(report: ScenarioReport) -> str:
     lines = ["### %s" % report.title, "", report.settings, ""]
     shaped = any(record.relay_cpu_seconds is not None for record in report.records)
-    header = ["command", "runs ok", "wall s", "MB/s", "MB/s per run", "CPU s", "peak RSS MiB"]
+    header = ["command", "runs ok", "wall s", "MB/s", "MB/s per run", "CPU s", "peak RSS MiB", "other CPU s", "steal s"]
     if report.share_of:
         header.append("share of %.0f MB/s" % report.share_of)
     if shaped:
@@ -107,6 +110,8 @@ def scenario_markdown(report: ScenarioReport) -> str:
             per_run,
             _format(_median([r.cpu_seconds for r in good]), 2),
             _format(_median([r.max_rss_mib for r in good]), 0),
+            _format(_median([r.other_cpu_seconds for r in good if r.other_cpu_seconds is not None]), 2),
+            _format(_median([r.steal_seconds for r in good if r.steal_seconds is not None]), 2),
         ]
         if report.share_of:
             row.append(_format(None if throughput is None else throughput / report.share_of, 2))

@@ -38,7 +38,9 @@ from measure import (  # noqa: E402
     ProcessResult,
     ShaperProcess,
     child_environment,
+    other_cpu_seconds,
     run_concurrently,
+    take_cpu_snapshot,
     verify_archive,
     verify_concatenation,
 )
@@ -227,6 +229,7 @@ class Bench:
         """
         shutil.rmtree(self.run_dir, ignore_errors=True)
         self.run_dir.mkdir(parents=True)
+        cpu_before = take_cpu_snapshot(self.registry.process.pid)
         relay = None
         host = self.registry.host
         if link is not None:
@@ -246,6 +249,7 @@ class Bench:
             failure = "the launcher failed: %s" % error
         finally:
             relay_stats = relay.stop() if relay is not None else {}
+        other_cpu, steal = other_cpu_seconds(cpu_before, take_cpu_snapshot(self.registry.process.pid))
 
         if failure is None:
             failure = _process_failure(results, self.args.run_timeout)
@@ -261,6 +265,8 @@ class Bench:
             max_rss_mib=sum(result.max_rss_kib for result in results) / 1024,
             processes=len(results),
             failure=failure,
+            other_cpu_seconds=other_cpu,
+            steal_seconds=steal,
         )
         archive = self.run_dir / "archive.tar"
         if archive.is_file():
@@ -281,9 +287,9 @@ class Bench:
     def _print_progress(self, record: RunRecord) -> None:
         status = "ok" if record.ok else "FAILED: " + (record.failure or "")
         print(
-            "[%s, repeat %d] %s: %.2f s, %.1f MB/s, CPU %.2f s, peak RSS %.0f MiB, %s"
+            "[%s, repeat %d] %s: %.2f s, %.1f MB/s, CPU %.2f s, peak RSS %.0f MiB, other CPU %.2f s, %s"
             % (record.scenario, record.repeat, record.label, record.wall_seconds, record.throughput,
-               record.cpu_seconds, record.max_rss_mib, status),
+               record.cpu_seconds, record.max_rss_mib, record.other_cpu_seconds or 0.0, status),
             file=sys.stderr,
             flush=True,
         )
@@ -558,7 +564,10 @@ def render_markdown(facts: Dict[str, str], command: str, reports: Sequence[Scena
         "",
         "MB/s is 10^6 bytes per second of payload over wall time; cells are medians of the successful runs. "
         "CPU s is user + system time, and peak RSS is ru_maxrss, both from os.wait4, summed over the processes "
-        "of a run; a process spawned by the launcher shows at least %s (the value for /bin/true)." % facts["RSS floor"],
+        "of a run; a process spawned by the launcher shows at least %s (the value for /bin/true). Other CPU s is "
+        "the CPU time (user + system, from /proc/stat) that processes outside the benchmark and the registry used "
+        "during the run, and steal s the time the hypervisor gave this machine's cores to others; more than a few "
+        "tenths of a second of either means the run competed for CPU." % facts["RSS floor"],
         "",
     ]
     for report in reports:

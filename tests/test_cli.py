@@ -39,7 +39,7 @@ def test_version_and_help():
         ["nginx", "--platform", "linux"],
         ["nginx", "--retry", "-1"],
         ["nginx", "-r", "https://mirror.example.com"],
-        ["nginx", "busybox", "-o", "-"],
+        ["nginx", "busybox", "--json", "-o", "-"],
         [],
         ["nginx", "--no-such-option"],
     ],

@@ -100,7 +100,7 @@ def test_mirror_rejects_invalid(text):
 
 def test_mirror_parses_forms():
     assert dip.parse_mirror("https://mirror.example.com") == dip.Mirror("docker.io", "mirror.example.com", "https", "")
-    assert dip.parse_mirror("mirror.example.com:5000") == dip.Mirror("docker.io", "mirror.example.com:5000", "https", "")
+    assert dip.parse_mirror("mirror.example.com:5000") == dip.Mirror("docker.io", "mirror.example.com:5000", None, "")
     assert dip.parse_mirror("quay.io=https://proxy.example.com/quay/") == dip.Mirror("quay.io", "proxy.example.com", "https", "quay")
 
 
@@ -200,3 +200,38 @@ def test_command_line_login_not_sent_to_mirror(mirror, tmp_path):
     assert result.returncode == 0, result.stderr
     assert mirror.requests_to("/v2/")
     assert all(record.header("Authorization") is None for record in mirror.requests)
+
+
+def test_mirror_failing_mid_layer_falls_back(origin, mirror, tmp_path):
+    layers = [random_layer(68, 300_000), random_layer(69, 1000)]
+    image = origin.add_image("team/app", "v1", layers)
+    mirror.add_image("team/app", "v1", layers)
+    mirror.fault("drop_after", "/blobs/" + image["layer_digests"][0], times=None, after_bytes=100_000)
+    result = run_puller(["%s/team/app:v1" % origin.host, "--mirror", "%s=http://%s" % (origin.host, mirror.host), "-d", str(tmp_path), "--retry-delay", "0.01"], env=isolated(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "Trying the next source" in result.stderr
+    assert origin.requests_to("/blobs/" + image["layer_digests"][0])
+    assert archive_names(tmp_path / "team_app_v1.tar") == ["%s/team/app:v1" % origin.host]
+
+
+def test_unreachable_mirror_skipped_for_later_images(origin, tmp_path):
+    origin.add_image("team/one", "v1", [random_layer(70, 1000)])
+    origin.add_image("team/two", "v1", [random_layer(71, 1000)])
+    dead = "127.0.0.1:9"
+    result = run_puller(["%s/team/one:v1" % origin.host, "%s/team/two:v1" % origin.host, "--mirror", "%s=http://%s" % (origin.host, dead), "-d", str(tmp_path), "--retry-delay", "0.01"], env=isolated(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("Trying the next source") == 1
+
+
+def test_list_platforms_through_mirror(tmp_path):
+    with FakeRegistry() as mirror_only:
+        mirror_only.add_image("team/app", "v1", [random_layer(72, 1000)], platform=("linux", "arm64", "v8"))
+        result = run_puller(["127.0.0.1:9/team/app:v1", "--list-platforms", "--mirror", "127.0.0.1:9=http://%s" % mirror_only.host, "-d", str(tmp_path)], env=isolated(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "\tlinux/arm64/v8\t" in result.stdout
+
+
+def test_json_with_stdout_archive_rejected(tmp_path):
+    result = run_puller(["127.0.0.1:9/team/app:v1", "--json", "-o", "-", "-d", str(tmp_path / "work")])
+    assert result.returncode == 2
+    assert not (tmp_path / "work").exists()
