@@ -34,8 +34,8 @@ class RunRecord:
     relay_bytes_to_client: Optional[int] = None
     relay_connections: Optional[int] = None
     relay_max_open_connections: Optional[int] = None
-    # seconds from the start of the run until the last byte from the registry
-    # reached the client (it left the relay's delay queue)
+    # seconds from the start of the run until the relay wrote the last byte
+    # from the registry to the client's socket, after the delay
     last_byte_seconds: Optional[float] = None
     # one [opened, client done, last byte, bytes to client] entry per connection, see shaper.py
     relay_connection_log: Optional[List[List[float]]] = None
@@ -93,7 +93,7 @@ def scenario_markdown(report: ScenarioReport) -> str:
     if report.share_of:
         header.append("share of %.0f MB/s" % report.share_of)
     if shaped:
-        header += ["last byte s", "connections (max open)", "relay bytes / payload", "relay CPU s"]
+        header += ["last byte sent s", "connections (max open)", "relay bytes / payload", "relay CPU s"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
 

@@ -392,7 +392,12 @@ def split_ranges(size: int, count: int) -> List[tuple]:
 
 
 def _last_byte_seconds(relay_stats: Dict[str, object], started: float, link: Link) -> Optional[float]:
-    """Return when the last payload byte reached the client, in seconds from the start of the run."""
+    """Return when the relay wrote the last byte to the client, in seconds from the start of the run.
+
+    NOTE: a client that reads slower than the link (for example with
+    --limit-rate) may then still have megabytes per connection unread in its
+    socket buffers, so it finishes reading later than this.
+    """
     log = relay_stats.get("connection_log")
     relay_started = relay_stats.get("started_monotonic")
     if not log or not isinstance(relay_started, float) or not started:
@@ -567,7 +572,8 @@ def render_markdown(facts: Dict[str, str], command: str, reports: Sequence[Scena
         "of a run; a process spawned by the launcher shows at least %s (the value for /bin/true). Other CPU s is "
         "the CPU time (user + system, from /proc/stat) that processes outside the benchmark and the registry used "
         "during the run, and steal s the time the hypervisor gave this machine's cores to others; more than a few "
-        "tenths of a second of either means the run competed for CPU." % facts["RSS floor"],
+        "tenths of a second of either means the run competed for CPU. Last byte sent s is when the relay wrote the "
+        "last byte to the client's socket, in seconds from the start of the run." % facts["RSS floor"],
         "",
     ]
     for report in reports:
@@ -577,9 +583,10 @@ def render_markdown(facts: Dict[str, str], command: str, reports: Sequence[Scena
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.repeats < 1 or args.threads < 1 or args.ranges < 1:
-        print("error: --repeats, --threads and --ranges must be at least 1", file=sys.stderr)
-        return 2
+    for option, value in (("--repeats", args.repeats), ("--threads", args.threads), ("--ranges", args.ranges)):
+        if value < 1:
+            print("error: invalid %s %d: must be at least 1" % (option, value), file=sys.stderr)
+            return 2
     problems = check_programs(args.scenarios, args.tool)
     if problems:
         for problem in problems:
