@@ -962,6 +962,7 @@ class NetworkOptions:
     read_timeout: float = DEFAULT_READ_TIMEOUT
     insecure_registries: frozenset = frozenset()  # HOST[:PORT] names given with --insecure
     ca_file: Optional[str] = None  # --ca-cert: a PEM bundle that replaces the system's CAs
+    proxy: Optional[str] = None  # [network] proxy in config.ini; else HTTPS_PROXY and the like apply
     certs_folders: Tuple[str, ...] = ("/etc/docker/certs.d",)  # Docker's <host>/ca.crt convention
 
     def is_insecure(self, netloc: str) -> bool:
@@ -1151,6 +1152,7 @@ class RegistryClient:
             started = time.monotonic()
             response = self.session().request(
                 method, url, headers=send_headers, stream=True, allow_redirects=False,
+                proxies={"http": self.options.proxy, "https": self.options.proxy} if self.options.proxy else None,
                 timeout=(self.options.connect_timeout, self.options.read_timeout),
                 # verify is passed per request because REQUESTS_CA_BUNDLE, when set,
                 # overrides Session.verify.
@@ -2133,13 +2135,13 @@ class Segment:
         return self.start + self.done >= self.end
 
 
-def plan_segments(size: int, threads: int, prefix: int = 0) -> List[Segment]:
-    """Split a blob into at most ``threads`` ranges of MIN_SEGMENT_SIZE or more.
+def plan_segments(size: int, count: int, prefix: int = 0) -> List[Segment]:
+    """Split a blob into at most ``count`` ranges of MIN_SEGMENT_SIZE or more.
 
     ``prefix`` bytes from the start are already on disk (a .part file written over one
     connection) and count as done.
     """
-    count = max(1, min(threads, size // MIN_SEGMENT_SIZE))
+    count = max(1, min(count, size // MIN_SEGMENT_SIZE))
     length = -(-size // count)
     segments = []
     for start in range(0, size, length):
@@ -2198,7 +2200,9 @@ class SegmentedDownload:
         segments = load_segments(self.state_path, size) if os.path.exists(self.path) else None
         if segments is None:
             prefix = os.path.getsize(self.path) if os.path.exists(self.path) else 0
-            segments = plan_segments(size, self.downloader.budget.threads, prefix if prefix <= size else 0)
+            # Twice as many ranges as connections: a connection that finishes early takes
+            # another range instead of waiting for the slowest one.
+            segments = plan_segments(size, 2 * self.downloader.budget.threads, prefix if prefix <= size else 0)
         with open(self.path, "r+b" if os.path.exists(self.path) else "w+b") as handle:
             handle.truncate(size)
         self.segments = segments
@@ -3158,6 +3162,7 @@ ZH_MESSAGES = {
     "{digest}: already downloaded": "{digest}：已下载",
     "{image}: {done} of {total} ({percent:.0f}%), {rate}/s": "{image}：{done}/{total}（{percent:.0f}%），{rate}/s",
     "Finished: {pulled} pulled, {failed} failed, {skipped} skipped.": "完成：已拉取 {pulled} 个，失败 {failed} 个，跳过 {skipped} 个。",
+    "Invalid proxy {value!r} in {path}: expected http://HOST:PORT.": "{path} 中的代理 {value!r} 无效：应为 http://主机:端口。",
     # command line
     "Pull container images from a registry into archives that docker load, podman load and ctr images import accept, without a Docker daemon.": "无需 Docker 守护进程，从 registry 拉取容器镜像，生成 docker load、podman load 和 ctr images import 都能导入的归档。",
     "examples:\n  python docker_image_puller.py nginx:latest -t 12\n  python docker_image_puller.py registry.example.com:5000/team/app:v1 --platform linux/arm64 -d images\n  echo \"$TOKEN\" | python docker_image_puller.py -u alice --password-stdin ghcr.io/alice/app:1.0\n\nexit status: 0 success, 1 failure, 2 usage error, 130 interrupted (run the same command again to resume).": "示例：\n  python docker_image_puller.py nginx:latest -t 12\n  python docker_image_puller.py registry.example.com:5000/team/app:v1 --platform linux/arm64 -d images\n  echo \"$TOKEN\" | python docker_image_puller.py -u alice --password-stdin ghcr.io/alice/app:1.0\n\n退出码：0 成功，1 失败，2 用法错误，130 被中断（重新运行同一命令即可续传）。",
@@ -3353,7 +3358,7 @@ _RATE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmg]?)(?:i?b)?(?:/s)?", re.IGNORECAS
 RATE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
 CONFIG_FILE_NAME = "config.ini"
 # Keys of config.ini by section, and the command-line options they stand in for.
-CONFIG_NETWORK_KEYS = {"max_bandwidth": "limit_rate", "threads": "threads", "retries": "retry", "timeout": "timeout"}
+CONFIG_NETWORK_KEYS = {"max_bandwidth": "limit_rate", "threads": "threads", "retries": "retry", "timeout": "timeout", "proxy": "proxy"}
 CONFIG_REGISTRY_KEYS = {"mirrors": "mirror", "insecure_registries": "insecure_registries", "platform": "platform", "ca_cert": "ca_cert"}
 
 
@@ -3468,10 +3473,13 @@ def settings_from_args(args: argparse.Namespace, references: Sequence[Reference]
     ca_file = args.ca_cert or config.get("ca_cert")
     if ca_file and not os.path.isfile(ca_file):
         raise UsageError(Text("The CA certificate file {path} does not exist.", path=ca_file))
+    proxy = config.get("proxy")
+    if proxy and urllib.parse.urlsplit(proxy).scheme not in ("http", "https", "socks5", "socks5h"):
+        raise UsageError(Text("Invalid proxy {value!r} in {path}: expected http://HOST:PORT.", value=proxy, path=config_path))
     network = NetworkOptions(
         retries=args.retry, backoff_base=args.retry_delay, read_timeout=args.timeout,
         connect_timeout=min(DEFAULT_CONNECT_TIMEOUT, args.timeout), insecure_registries=frozenset(insecure),
-        ca_file=ca_file,
+        ca_file=ca_file, proxy=proxy,
     )
     return PullSettings(
         directory=args.dir, output=args.output, platform=platform, platform_explicit=bool(platform_text),

@@ -58,7 +58,8 @@ def test_large_blob_fetched_in_ranges(registry, tmp_path, capsys):
     result = pull(capsys, tmp_path, "%s/team/app:v1" % registry.host, "-t", "4")
     assert result.status == 0, result.stderr
     gets = blob_gets(registry, layer)
-    assert len(gets) == 4
+    # Twice as many ranges as connections, each at least 8 MiB: 40 MiB gives 5.
+    assert len(gets) == 5
     spans = ranges(gets)
     assert spans[0][0] == 0
     assert spans[-1][1] == size - 1
@@ -83,9 +84,9 @@ def test_cut_range_resumes_alone(registry, tmp_path, capsys):
     result = pull(capsys, tmp_path, "%s/team/app:v1" % registry.host, "-t", "4")
     assert result.status == 0, result.stderr
     gets = blob_gets(registry, layer)
-    assert len(gets) == 5
+    assert len(gets) == 6
     starts = [start for start, _ in ranges(gets)]
-    segment_starts = [segment.start for segment in dip.plan_segments(size, 4)]
+    segment_starts = [segment.start for segment in dip.plan_segments(size, 8)]
     resumed = [start for start in starts if start not in segment_starts]
     assert len(resumed) == 1
     assert resumed[0] - max(s for s in segment_starts if s < resumed[0]) == 3 * MIB
@@ -221,3 +222,14 @@ def test_remove_blobs_after_archive(registry, tmp_path, capsys):
     with open(tmp_path / "team_app_v1.tar", "rb") as handle:
         assert len(handle.read()) > 20 * MIB
     assert image["manifest_digest"]
+
+
+def test_config_proxy_used(registry, tmp_path, capsys):
+    registry.add_image("team/app", "v1", [big_layer(1000)], media="oci", compress=False)
+    (tmp_path / "config.ini").write_text("[network]\nproxy = http://127.0.0.1:9\n")
+    # NO_PROXY does not apply to a proxy named in config.ini, so the dead proxy is used.
+    result = pull(capsys, tmp_path, "%s/team/app:v1" % registry.host, "--retry", "0")
+    assert result.status == 1
+    assert "Connection refused" in result.stderr or "ProxyError" in result.stderr or "proxy" in result.stderr.lower()
+    (tmp_path / "config.ini").write_text("[network]\nproxy = ftp://127.0.0.1:9\n")
+    assert pull(capsys, tmp_path, "%s/team/app:v1" % registry.host).status == 2
