@@ -766,7 +766,7 @@ class Authenticator:
             raise
         value = body.get("token") or body.get("access_token")
         if not isinstance(value, str) or not value:
-            raise AuthenticationError(Text("The token service {realm} answered without a token.", realm=realm), ERROR_CODE_HINTS["UNAUTHORIZED"])
+            raise AuthenticationError(Text("The token service {realm} returned no token.", realm=realm), ERROR_CODE_HINTS["UNAUTHORIZED"])
         expires_in = body.get("expires_in")
         if not isinstance(expires_in, (int, float)) or isinstance(expires_in, bool) or expires_in <= 0:
             expires_in = DEFAULT_TOKEN_TTL
@@ -778,7 +778,7 @@ class Authenticator:
 # -- credentials that Docker and podman keep ----------------------------------
 
 DOCKER_HUB_AUTH_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io", "registry-1.docker.io", "https://registry-1.docker.io")
-CREDENTIAL_HELPER_TIMEOUT = 30  # seconds for a docker-credential-* program to answer
+CREDENTIAL_HELPER_TIMEOUT = 30  # seconds for a docker-credential-* program to respond
 
 
 def auth_keys(registry: str) -> List[str]:
@@ -3090,7 +3090,7 @@ ZH_MESSAGES = {
     "The registry {registry} answered 401 with no Bearer or Basic challenge (WWW-Authenticate: {header!r}).": "registry {registry} 返回 401，但没有 Bearer 或 Basic 认证质询（WWW-Authenticate: {header!r}）。",
     "The registry {registry} named an invalid token realm {realm!r}.": "registry {registry} 给出的 token realm {realm!r} 无效。",
     "Refusing to send credentials to the token service {realm} over plain HTTP.": "拒绝通过明文 HTTP 向 token 服务 {realm} 发送凭据。",
-    "The token service {realm} answered without a token.": "token 服务 {realm} 的响应中没有 token。",
+    "The token service {realm} returned no token.": "token 服务 {realm} 的响应中没有 token。",
     "The token service {realm} rejected the request for {scope} as {user} (HTTP {status}).": "token 服务 {realm} 拒绝了 {user} 对 {scope} 的请求（HTTP {status}）。",
     "Token for {scope} rejected or expired; authenticating again.": "{scope} 的 token 被拒绝或已过期；重新认证。",
     "{phase} failed: TLS error from {url}: {error}.": "{phase} 失败：{url} 的 TLS 错误：{error}。",
@@ -3124,7 +3124,7 @@ ZH_MESSAGES = {
     "archive path, or - for standard output (default: DIR/<repository with / as _>_<tag>.tar)": "归档路径，- 表示标准输出（默认：DIR/<仓库名，/ 换成 _>_<标签>.tar）",
     "delete the downloaded blobs from DIR once the archive is written": "写完归档后，从 DIR 删除已下载的 blob",
     "cap the total download rate in bytes per second, e.g. 500K, 50M, 1G (default: no cap)": "限制总下载速率，单位为每秒字节数，例如 500K、50M、1G（默认：不限速）",
-    "configuration file (default: DIR/config.ini, else config.ini in the user's configuration folder)": "配置文件（默认：DIR/config.ini，其次是用户配置目录中的 config.ini）",
+    "configuration file (default: DIR/config.ini, else config.ini in the user's configuration folder); command-line options override it": "配置文件（默认：DIR/config.ini，其次是用户配置目录中的 config.ini）；命令行选项优先于它",
     "The image list {path} could not be read: {error}": "无法读取镜像列表 {path}：{error}",
     "--compose needs PyYAML: pip install pyyaml": "--compose 需要 PyYAML：pip install pyyaml",
     "The Compose file {path} could not be read: {error}": "无法读取 Compose 文件 {path}：{error}",
@@ -3244,7 +3244,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", metavar="FILE", help=tr("archive path, or - for standard output (default: DIR/<repository with / as _>_<tag>.tar)"))
     parser.add_argument("--remove-blobs", action="store_true", help=tr("delete the downloaded blobs from DIR once the archive is written"))
     parser.add_argument("--limit-rate", metavar="RATE", help=tr("cap the total download rate in bytes per second, e.g. 500K, 50M, 1G (default: no cap)"))
-    parser.add_argument("--config", metavar="FILE", help=tr("configuration file (default: DIR/config.ini, else config.ini in the user's configuration folder)"))
+    parser.add_argument("--config", metavar="FILE", help=tr("configuration file (default: DIR/config.ini, else config.ini in the user's configuration folder); command-line options override it"))
     parser.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help=tr("platform to pull from a multi-platform image (default: $DOCKER_DEFAULT_PLATFORM or linux/amd64)"))
     parser.add_argument("-u", "--username", metavar="USER", help=tr("registry user name (or $DOCKER_IMAGE_PULLER_USERNAME)"))
     parser.add_argument("--password-stdin", action="store_true", help=tr("read the password or access token from standard input (or set $DOCKER_IMAGE_PULLER_PASSWORD)"))
