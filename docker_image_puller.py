@@ -398,9 +398,6 @@ class Reference:
             text += "@" + self.digest
         return text
 
-    def with_digest(self, digest: str) -> "Reference":
-        return Reference(self.registry, self.repository, self.tag, digest)
-
     def file_stem(self) -> str:
         """Return a file name stem without "/" or ":", e.g. library_nginx_latest or team_app_sha256_<hex>."""
         stem = self.repository.replace("/", "_")
@@ -1551,13 +1548,13 @@ def write_json_atomically(path: str, value: object) -> None:
     os.replace(temporary, path)
 
 
-def hash_file(path: str, algorithm: str, limit: Optional[int] = None) -> Tuple["hashlib._Hash", int]:
-    """Hash a file (at most ``limit`` bytes of it) in chunks; return the hasher and the byte count."""
+def hash_file(path: str, algorithm: str) -> Tuple["hashlib._Hash", int]:
+    """Hash a file in chunks; return the hasher and the byte count."""
     hasher = hashlib.new(algorithm)
     count = 0
     with open(path, "rb") as handle:
-        while limit is None or count < limit:
-            chunk = handle.read(CHUNK_SIZE if limit is None else min(CHUNK_SIZE, limit - count))
+        while True:
+            chunk = handle.read(CHUNK_SIZE)
             if not chunk:
                 break
             hasher.update(chunk)
