@@ -1794,6 +1794,7 @@ class BlobDownloader:
         self.store = store
         self.progress = progress
         self.budget = budget or ConnectionBudget(1)
+        self.sink: Optional["ArchiveSink"] = None  # the archive being written while blobs arrive
 
     def fetch(self, descriptor: Descriptor) -> str:
         """Return the path of the verified blob, downloading what is missing."""
@@ -1873,6 +1874,7 @@ class BlobDownloader:
                 LOGGER.warning(Text("The registry {registry} ignores Range requests; blob {digest} is downloaded over one connection.", registry=self.client.host, digest=descriptor.digest))
         try:
             part = PartFile.open(path, descriptor)
+            part.sink, part.blob_digest = self.sink, descriptor.digest
         except OSError as error:
             raise local_error(Text("Opening"), path, error) from error
         with part, self.progress.blob_bar(descriptor, part.offset) as bar:
@@ -2009,6 +2011,8 @@ class PartFile:
         self.algorithm = algorithm
         self.hasher = hasher
         self.offset = offset
+        self.sink: Optional["ArchiveSink"] = None  # receives the bytes as they are hashed
+        self.blob_digest = ""
 
     @classmethod
     def open(cls, path: str, descriptor: Descriptor) -> "PartFile":
@@ -2035,6 +2039,8 @@ class PartFile:
         except OSError as error:
             raise local_error(Text("Writing"), self.path, error) from error
         self.hasher.update(chunk)
+        if self.sink is not None:
+            self.sink.feed(self.blob_digest, self.offset, chunk)
         self.offset += len(chunk)
 
     def restart(self) -> None:
@@ -2371,6 +2377,8 @@ class SegmentedDownload:
                 handle.seek(position)
                 data = handle.read(min(CHUNK_SIZE, limit - position))
                 hasher.update(data)
+                if self.downloader.sink is not None:
+                    self.downloader.sink.feed(self.descriptor.digest, position, data)
                 position += len(data)
                 self.hashed = position
 
@@ -2565,6 +2573,131 @@ def _add_verified_blob(tar: tarfile.TarFile, digest: str, size: int, path: str) 
             Text("Blob {path} changed on disk after it was verified: got {count} bytes with digest {actual}, expected {digest}.", path=path, count=reader.count, actual=actual, digest=digest),
             digest, actual, reader.count,
         )
+
+
+class ArchiveSink:
+    """An archive file written while its blobs download, so no blob is copied afterwards.
+
+    Every member's header and place are known once the manifests are: the layout is the
+    one write_archive() produces, byte for byte. Bytes reach a blob's place as they are
+    hashed, in order from the blob's first byte. A blob that did not arrive that way (it
+    was on disk already, or resumed in the middle) is copied in by finish(), which hashes
+    it again. The file keeps its temporary name until finish() has every blob verified.
+    """
+
+    def __init__(self, path: str, entries: Sequence[Tuple[Reference, ImageManifest]]) -> None:
+        self.path = path
+        self.temporary = path + PART_SUFFIX
+        self._lock = threading.Lock()
+        self.blobs: Dict[str, int] = {}
+        manifests: Dict[str, bytes] = {}
+        for _, image in entries:
+            for descriptor in [image.config] + image.layers:
+                self.blobs.setdefault(descriptor.digest, descriptor.size)
+            manifests.setdefault(image.manifest.digest, image.manifest.raw)
+        self.offsets: Dict[str, int] = {}  # digest -> where the blob's data starts
+        self.expected: Dict[str, int] = {digest: 0 for digest in self.blobs}  # next byte that keeps the blob in order
+        self.broken: Dict[str, bool] = {digest: False for digest in self.blobs}
+        pieces: List[Tuple[int, bytes]] = []
+        position = 0
+
+        def add(header: bytes, data: bytes = b"", size: int = 0) -> int:
+            nonlocal position
+            pieces.append((position, header + data))
+            start = position + len(header)
+            length = len(data) or size
+            position = start + length + (-length % tarfile.BLOCKSIZE)
+            return start
+
+        algorithms = {digest.split(":")[0] for digest in list(self.blobs) + list(manifests)}
+        for directory in sorted({"blobs"} | {"blobs/" + algorithm for algorithm in algorithms}):
+            add(self._header(_tar_info(directory, directory=True)))
+        for digest, size in self.blobs.items():
+            self.offsets[digest] = add(self._header(_tar_info(blob_member(digest), size)), size=size)
+        for digest, raw in manifests.items():
+            if digest not in self.blobs:
+                add(self._header(_tar_info(blob_member(digest), len(raw))), raw)
+        for name, data in archive_metadata(entries).items():
+            add(self._header(_tar_info(name, len(data))), data)
+        position += 2 * tarfile.BLOCKSIZE  # the end-of-archive marker, two zero blocks
+        position += -position % tarfile.RECORDSIZE
+        self.size = position
+        try:
+            self.handle = open(self.temporary, "w+b", buffering=0)
+            self.handle.truncate(self.size)  # unwritten parts read as the zeros tar needs
+            for offset, data in pieces:
+                self._write_at(offset, data)
+        except OSError as error:
+            self.abort()
+            raise local_error(Text("Writing the archive"), path, error) from error
+
+    @staticmethod
+    def _header(info: tarfile.TarInfo) -> bytes:
+        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+    def _write_at(self, offset: int, data: bytes) -> None:
+        self.handle.seek(offset)
+        view = memoryview(data)
+        while view:
+            view = view[self.handle.write(view):]
+
+    def feed(self, digest: str, offset: int, data: bytes) -> None:
+        """Place bytes of a blob that were just hashed, from its first byte on, in order."""
+        if digest not in self.offsets:
+            return
+        with self._lock:
+            if offset == 0:
+                self.expected[digest], self.broken[digest] = 0, False
+            if offset != self.expected[digest] or self.broken[digest]:
+                self.broken[digest] = True
+                return
+            try:
+                self._write_at(self.offsets[digest] + offset, data)
+            except OSError as error:
+                raise local_error(Text("Writing the archive"), self.path, error) from error
+            self.expected[digest] = offset + len(data)
+
+    def finish(self, blob_paths: Dict[str, str], cancel: threading.Event) -> None:
+        """Copy in the blobs that did not stream, then flush and give the archive its name."""
+        try:
+            for digest, size in self.blobs.items():
+                if not self.broken[digest] and self.expected[digest] == size:
+                    continue
+                if cancel.is_set():
+                    raise Cancelled()
+                self._copy_verified(digest, size, blob_paths[digest])
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+            os.replace(self.temporary, self.path)
+        except OSError as error:
+            self.abort()
+            raise local_error(Text("Writing the archive"), self.path, error) from error
+        except BaseException:
+            self.abort()
+            raise
+
+    def _copy_verified(self, digest: str, size: int, path: str) -> None:
+        with open(path, "rb") as handle:
+            reader = HashingReader(handle, digest.split(":", 1)[0])
+            position = self.offsets[digest]
+            while True:
+                data = reader.read(ARCHIVE_BUFFER_SIZE)
+                if not data:
+                    break
+                self._write_at(position, data)
+                position += len(data)
+        actual = "%s:%s" % (digest.split(":", 1)[0], reader.hasher.hexdigest())
+        if actual != digest or reader.count != size:
+            raise DigestMismatchError(
+                Text("Blob {path} changed on disk after it was verified: got {count} bytes with digest {actual}, expected {digest}.", path=path, count=reader.count, actual=actual, digest=digest),
+                digest, actual, reader.count,
+            )
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            self.handle.close()
+        with contextlib.suppress(OSError):
+            os.remove(self.temporary)
 
 
 # ---------------------------------------------------------------------------
@@ -2858,6 +2991,8 @@ class FetchedImage:
     paths: Dict[str, str]  # digest -> verified blob file
     store: BlobStore
     size: int
+    sink: Optional["ArchiveSink"] = None  # the archive written during the download, to finish
+    lock: Optional["FileLock"] = None  # held on the archive until the sink is finished
 
 
 MIRROR_RETRIES = 1  # a mirror gets one retry per request before the next source is tried
@@ -2876,7 +3011,7 @@ def mirror_sources(reference: Reference, settings: PullSettings) -> List[Mirror]
     return [m for m in settings.mirrors if m.registry == reference.registry and m.host not in settings.dead_mirrors]
 
 
-def fetch_image(reference: Reference, settings: PullSettings, cancel: threading.Event, archive: Optional[str]) -> FetchedImage:
+def fetch_image(reference: Reference, settings: PullSettings, cancel: threading.Event, archive: Optional[str], stream: bool = False) -> FetchedImage:
     """Fetch from the reference's mirrors in order, then from its own registry, as Docker does.
 
     A mirror that fails for any reason but a local one (disk, folder) hands over to the
@@ -2887,7 +3022,7 @@ def fetch_image(reference: Reference, settings: PullSettings, cancel: threading.
         attempt = child_cancel_event(cancel)
         mirror_settings = dataclasses.replace(settings, network=dataclasses.replace(settings.network, retries=min(settings.network.retries, MIRROR_RETRIES)))
         try:
-            return fetch_from(reference, mirror.source_for(reference), mirror.scheme, mirror_settings, attempt, archive)
+            return fetch_from(reference, mirror.source_for(reference), mirror.scheme, mirror_settings, attempt, archive, stream)
         except (LocalFileError, UsageError):
             raise
         except PullerError as error:
@@ -2897,13 +3032,24 @@ def fetch_image(reference: Reference, settings: PullSettings, cancel: threading.
             LOGGER.warning(Text("The mirror {mirror} failed for {reference}: {error} Trying the next source.", mirror=mirror.host, reference=reference, error=error.message))
         if cancel.is_set():
             raise Cancelled()
-    return fetch_from(reference, reference, None, settings, child_cancel_event(cancel), archive)
+    return fetch_from(reference, reference, None, settings, child_cancel_event(cancel), archive, stream)
 
 
-def fetch_from(reference: Reference, source: Reference, scheme: Optional[str], settings: PullSettings, cancel: threading.Event, archive: Optional[str]) -> FetchedImage:
-    """Resolve the image at ``source`` and download every blob; ``archive`` joins the space check."""
+def archive_lock_path(store: BlobStore, archive: str) -> str:
+    """Return the lock file that one process holds while it writes this archive."""
+    return os.path.join(store.folder, "archive-%s.lock" % hashlib.sha256(os.path.abspath(archive).encode("utf-8")).hexdigest()[:16])
+
+
+def fetch_from(reference: Reference, source: Reference, scheme: Optional[str], settings: PullSettings, cancel: threading.Event, archive: Optional[str], stream: bool = False) -> FetchedImage:
+    """Resolve the image at ``source`` and download every blob; ``archive`` joins the space check.
+
+    With ``stream`` the archive file is written while the blobs arrive (see ArchiveSink);
+    the caller then finishes it with the returned sink and releases its lock.
+    """
     LOGGER.info(Text("Pulling {reference} from {host} into {directory}.", reference=reference, host=source.api_host, directory=os.path.abspath(settings.directory)))
     client = RegistryClient(source, settings.network, settings.credentials.for_registry(source.registry), cancel, settings.limiter, scheme)
+    sink: Optional[ArchiveSink] = None
+    lock: Optional[FileLock] = None
     try:
         client.ping()
         image = resolve_image(client, settings.platform)
@@ -2913,14 +3059,26 @@ def fetch_from(reference: Reference, source: Reference, scheme: Optional[str], s
         distinct = {d.digest: d for d in [image.config] + image.layers}
         total = sum(d.size for d in distinct.values())
         check_free_space(store, list(distinct.values()), None if archive == STDOUT_ARCHIVE else archive, len(image.manifest.raw))
+        if stream and archive is not None:
+            os.makedirs(store.folder, exist_ok=True)
+            lock = FileLock(archive_lock_path(store, archive))
+            lock.acquire(cancel)
+            sink = ArchiveSink(archive, [(reference, image)])
 
         with Progress(settings.show_progress, total, reference.familiar_name, log_lines=settings.log_progress) as progress:
             downloader = BlobDownloader(client, store, progress, ConnectionBudget(settings.threads))
+            downloader.sink = sink
             config_path = downloader.fetch(image.config)
             platform = check_config(load_config_blob(config_path, image.config), image, settings.platform if settings.platform_explicit else None)
             paths = download_blobs(downloader, image.layers, settings.threads)
         paths[image.config.digest] = config_path
-        return FetchedImage(reference, image, platform, paths, store, total)
+        return FetchedImage(reference, image, platform, paths, store, total, sink, lock)
+    except BaseException:
+        if sink is not None:
+            sink.abort()
+        if lock is not None:
+            lock.release()
+        raise
     finally:
         client.close()
 
@@ -2933,9 +3091,13 @@ def archive_images(archive: str, fetched: Sequence[FetchedImage], settings: Pull
         paths.update(item.paths)
     if archive == STDOUT_ARCHIVE:
         write_archive(archive, entries, paths, cancel)
+    elif len(fetched) == 1 and fetched[0].sink is not None:
+        try:
+            fetched[0].sink.finish(paths, cancel)
+        finally:
+            fetched[0].lock.release()
     else:
-        lock_name = "archive-%s.lock" % hashlib.sha256(os.path.abspath(archive).encode("utf-8")).hexdigest()[:16]
-        with locked(os.path.join(fetched[0].store.folder, lock_name), cancel):
+        with locked(archive_lock_path(fetched[0].store, archive), cancel):
             write_archive(archive, entries, paths, cancel)
     for item in fetched:
         LOGGER.info(Text("Wrote {archive}: {reference} {digest} ({platform}, {size} bytes).", archive=archive, reference=item.reference, digest=item.image.manifest.digest, platform=item.platform, size=item.size))
@@ -2950,7 +3112,7 @@ def default_archive(settings: PullSettings, reference: Reference) -> str:
 def pull_image(reference: Reference, settings: PullSettings, cancel: threading.Event) -> PullResult:
     """Pull one image into its own archive; every failure raises a PullerError or Cancelled."""
     archive = default_archive(settings, reference)
-    fetched = fetch_image(reference, settings, cancel, archive)
+    fetched = fetch_image(reference, settings, cancel, archive, stream=archive != STDOUT_ARCHIVE)
     archive_images(archive, [fetched], settings, cancel)
     return PullResult(reference, fetched.image.manifest.digest, fetched.platform, archive, fetched.size)
 
