@@ -9,7 +9,8 @@ and ``repositories``. ``docker load``, ``podman load`` and ``ctr images import``
     python docker_image_puller.py nginx:latest -t 12
 
 Every blob is streamed to a ``.part`` file, hashed with sha256 while it arrives, and moved
-to its final name only after its size and digest match the manifest. Interrupted downloads
+to its final name only after its size and digest match the manifest; the archive is filled
+in as the bytes are hashed and renamed only when every blob matched. Interrupted downloads
 resume from the bytes on disk, in the same run and when the same command is run again.
 
 Deliberately out of scope, each with a clear error instead:
@@ -2575,6 +2576,10 @@ def _add_verified_blob(tar: tarfile.TarFile, digest: str, size: int, path: str) 
         )
 
 
+ARCHIVE_FLUSH_INTERVAL = 0.5  # seconds between background flushes of an archive being written
+ARCHIVE_FLUSH_BYTES = 8 * 1024 * 1024  # flush only when at least this much is new
+
+
 class ArchiveSink:
     """An archive file written while its blobs download, so no blob is copied afterwards.
 
@@ -2622,6 +2627,8 @@ class ArchiveSink:
         position += 2 * tarfile.BLOCKSIZE  # the end-of-archive marker, two zero blocks
         position += -position % tarfile.RECORDSIZE
         self.size = position
+        self.unsynced = 0  # bytes written since the last flush to disk
+        self.stopped = threading.Event()
         try:
             self.handle = open(self.temporary, "w+b", buffering=0)
             self.handle.truncate(self.size)  # unwritten parts read as the zeros tar needs
@@ -2630,6 +2637,20 @@ class ArchiveSink:
         except OSError as error:
             self.abort()
             raise local_error(Text("Writing the archive"), path, error) from error
+        # Flushing to disk while the download runs leaves little for the final fsync,
+        # which would otherwise write the whole archive out after the last byte arrived.
+        self.flusher = threading.Thread(target=self._flush_in_background, name="blob-flush", daemon=True)
+        self.flusher.start()
+
+    def _flush_in_background(self) -> None:
+        while not self.stopped.wait(ARCHIVE_FLUSH_INTERVAL):
+            if self.unsynced < ARCHIVE_FLUSH_BYTES:
+                continue
+            self.unsynced = 0
+            try:
+                os.fsync(self.handle.fileno())
+            except (OSError, ValueError):  # closed or failing: finish() reports real errors
+                return
 
     @staticmethod
     def _header(info: tarfile.TarInfo) -> bytes:
@@ -2656,6 +2677,7 @@ class ArchiveSink:
             except OSError as error:
                 raise local_error(Text("Writing the archive"), self.path, error) from error
             self.expected[digest] = offset + len(data)
+            self.unsynced += len(data)
 
     def finish(self, blob_paths: Dict[str, str], cancel: threading.Event) -> None:
         """Copy in the blobs that did not stream, then flush and give the archive its name."""
@@ -2666,6 +2688,8 @@ class ArchiveSink:
                 if cancel.is_set():
                     raise Cancelled()
                 self._copy_verified(digest, size, blob_paths[digest])
+            self.stopped.set()
+            self.flusher.join()
             os.fsync(self.handle.fileno())
             self.handle.close()
             os.replace(self.temporary, self.path)
@@ -2694,6 +2718,9 @@ class ArchiveSink:
             )
 
     def abort(self) -> None:
+        with contextlib.suppress(AttributeError):
+            self.stopped.set()
+            self.flusher.join()
         with contextlib.suppress(OSError, AttributeError):
             self.handle.close()
         with contextlib.suppress(OSError):
