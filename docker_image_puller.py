@@ -1204,11 +1204,13 @@ class RegistryClient:
             try:
                 response = self._send_once(method, url, send_headers, phase)
             except requests.exceptions.SSLError as error:
-                raise RegistryError(
+                failure = RegistryError(
                     Text("{phase} failed: TLS error from {url}: {error}.", phase=phase, url=redact_url(url), error=error),
                     Text("Check the registry's certificate; for a registry you trust on your own network, add --insecure."),
                     url=url, retryable=False,
-                ) from error
+                )
+                failure.tls_failure = True
+                raise failure from error
             except TRANSIENT_ERRORS as error:
                 retry.wait_or_raise(RegistryError(
                     Text("{phase} failed: {method} {url}: {error}.", phase=phase, method=method, url=redact_url(url), error=short_error(error)),
@@ -1275,29 +1277,42 @@ class RegistryClient:
     def ping(self) -> None:
         """Find the scheme the registry speaks and its authentication challenge (GET /v2/).
 
-        HTTPS is tried first. Plain HTTP follows only for loopback registries and those
-        named with --insecure, as Docker does.
+        HTTPS is tried first, and plain HTTP follows only for registries named with
+        --insecure, as Docker does. Loopback registries try plain HTTP first.
         """
         if self.scheme:
             schemes = [self.scheme]
+        elif is_loopback(split_host(self.host)):
+            # A registry on this machine (docker run registry:2, a local mirror) nearly
+            # always speaks plain HTTP, so HTTP goes first and saves a failing TLS probe;
+            # an HTTPS-only one answers 400 to it, and HTTPS follows.
+            schemes = ["http", "https"]
+        elif self.options.allows_plain_http(self.host):
+            schemes = ["https", "http"]
         else:
-            schemes = ["https", "http"] if self.options.allows_plain_http(self.host) else ["https"]
+            schemes = ["https"]
+        first_error: Optional[RegistryError] = None
         for position, scheme in enumerate(schemes):
             last = position == len(schemes) - 1
             url = "%s://%s/v2/" % (scheme, self.host)
-            options = self.options if last else NetworkOptions(
-                retries=0, connect_timeout=self.options.connect_timeout, read_timeout=self.options.read_timeout,
-                insecure_registries=self.options.insecure_registries,
-            )
-            probe = RetryBudget(options, self.cancel)
+            # The first scheme gets the whole retry budget. The next one gets it too when
+            # the first failed as a server of the other scheme makes it fail (a TLS error,
+            # HTTP 400); otherwise it is only probed, and the first error is reported.
+            mismatch = first_error is not None and is_scheme_mismatch(first_error)
+            if position == 0 or mismatch:
+                budget = self.new_retry_budget()
+            else:
+                budget = RetryBudget(dataclasses.replace(self.options, retries=0), self.cancel)
             try:
                 response = self.send_with_retries(
                     "GET", url, phase=Text("Contacting the registry {registry}", registry=self.host),
-                    registry_auth=False, retry=probe, accept_statuses=(401,),
+                    registry_auth=False, retry=budget, accept_statuses=(401,),
                 )
             except RegistryError as error:
+                if first_error is None:
+                    first_error = error
                 if last:
-                    raise
+                    raise error if mismatch else first_error
                 LOGGER.debug("%s is not answering over %s (%s); trying the next scheme", self.host, scheme, error)
                 continue
             self.base_url = "%s://%s" % (scheme, self.host)
@@ -1312,6 +1327,11 @@ class RegistryClient:
 
     def blob_url(self, digest: str) -> str:
         return "%s/v2/%s/blobs/%s" % (self.base_url, self.reference.repository, digest)
+
+
+def is_scheme_mismatch(error: RegistryError) -> bool:
+    """Tell whether a ping failed as it does when client and server speak different schemes."""
+    return error.status == 400 or getattr(error, "tls_failure", False)
 
 
 def short_error(error: BaseException) -> str:
@@ -2211,6 +2231,8 @@ class SegmentedDownload:
             handle.truncate(size)
         self.segments = segments
         self.pending = [segment for segment in segments if not segment.complete]
+        if self.downloader.sink is not None:
+            self.downloader.sink.flush_also(self.path)
         done = sum(segment.done for segment in segments)
         if done:
             LOGGER.info(Text("Resuming blob {digest} at {done} of {size} bytes in {count} ranges.", digest=self.descriptor.digest, done=done, size=size, count=len(self.pending)))
@@ -2629,6 +2651,7 @@ class ArchiveSink:
         self.size = position
         self.unsynced = 0  # bytes written since the last flush to disk
         self.stopped = threading.Event()
+        self.companions: List = []  # other files flushed with the archive (see flush_also)
         try:
             self.handle = open(self.temporary, "w+b", buffering=0)
             self.handle.truncate(self.size)  # unwritten parts read as the zeros tar needs
@@ -2642,15 +2665,38 @@ class ArchiveSink:
         self.flusher = threading.Thread(target=self._flush_in_background, name="blob-flush", daemon=True)
         self.flusher.start()
 
+    def flush_also(self, path: str) -> None:
+        """Flush this file too while the download runs: a blob.part the archive is fed from.
+
+        On ext4 the archive's final fsync would otherwise also wait for the .part file's
+        data, since a journal commit writes out the data of every file in it.
+        """
+        try:
+            handle = open(path, "r+b", buffering=0)
+        except OSError:
+            return
+        with self._lock:
+            self.companions.append(handle)
+
     def _flush_in_background(self) -> None:
         while not self.stopped.wait(ARCHIVE_FLUSH_INTERVAL):
             if self.unsynced < ARCHIVE_FLUSH_BYTES:
                 continue
             self.unsynced = 0
-            try:
-                os.fsync(self.handle.fileno())
-            except (OSError, ValueError):  # closed or failing: finish() reports real errors
-                return
+            with self._lock:
+                handles = [self.handle] + self.companions
+            for handle in handles:
+                try:
+                    os.fsync(handle.fileno())
+                except (OSError, ValueError):  # closed or failing: finish() reports real errors
+                    continue
+
+    def _close_companions(self) -> None:
+        with self._lock:
+            companions, self.companions = self.companions, []
+        for handle in companions:
+            with contextlib.suppress(OSError):
+                handle.close()
 
     @staticmethod
     def _header(info: tarfile.TarInfo) -> bytes:
@@ -2690,6 +2736,7 @@ class ArchiveSink:
                 self._copy_verified(digest, size, blob_paths[digest])
             self.stopped.set()
             self.flusher.join()
+            self._close_companions()
             os.fsync(self.handle.fileno())
             self.handle.close()
             os.replace(self.temporary, self.path)
@@ -2721,6 +2768,8 @@ class ArchiveSink:
         with contextlib.suppress(AttributeError):
             self.stopped.set()
             self.flusher.join()
+        with contextlib.suppress(AttributeError):
+            self._close_companions()
         with contextlib.suppress(OSError, AttributeError):
             self.handle.close()
         with contextlib.suppress(OSError):

@@ -364,3 +364,59 @@ def test_podman_loads_several_images_from_one_archive(real_registry, tmp_path):
         assert sorted(listed.stdout.split()) == sorted(references)
     finally:
         shutil.rmtree(runroot, ignore_errors=True)
+
+
+def _self_signed_certificate(folder: Path):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256())
+    )
+    certificate_path, key_path = folder / "tls.crt", folder / "tls.key"
+    certificate_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return certificate_path, key_path
+
+
+def test_https_only_loopback_registry(real_registry, tmp_path):
+    """A loopback registry that speaks only HTTPS, with a self-signed certificate, is found."""
+    import socket
+
+    certificate, key = _self_signed_certificate(tmp_path)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "config.yml"
+    config.write_text(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: %s\n"
+        "http:\n  addr: 127.0.0.1:%d\n  tls:\n    certificate: %s\n    key: %s\n"
+        % (json.dumps(str(real_registry.workdir / "storage")), port, json.dumps(str(certificate)), json.dumps(str(key)))
+    )
+    with open(tmp_path / "registry.log", "wb") as log:
+        server = subprocess.Popen(["/usr/bin/docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "registry.log").read_text()
+            time.sleep(0.1)
+        reference = "127.0.0.1:%d/test/single:v1" % port
+        result = run_puller([reference, "-d", str(tmp_path / "work"), "-v"])
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "speaks https" in result.stderr
+        check_archive_matches_push(tmp_path / "work" / "test_single_v1.tar", real_registry.images["test/single:v1"], reference)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
