@@ -9,8 +9,8 @@ and ``repositories``. ``docker load``, ``podman load`` and ``ctr images import``
     python docker_image_puller.py nginx:latest -t 12
 
 Every blob is streamed to a ``.part`` file, hashed with sha256 while it arrives, and moved
-to its final name only after its size and digest match the manifest; the archive is filled
-in as the bytes are hashed and renamed only when every blob matched. Interrupted downloads
+to its final name only after its size and digest match the manifest. The archive is filled
+in as the bytes are hashed, and it is renamed only when every blob matched. Interrupted downloads
 resume from the bytes on disk, in the same run and when the same command is run again.
 
 Deliberately out of scope, each with a clear error instead:
@@ -137,7 +137,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 # ---------------------------------------------------------------------------
-# Messages: every text a user sees, in English and Simplified Chinese
+# Messages: every text shown to users, in English and Simplified Chinese
 # ---------------------------------------------------------------------------
 
 LANGUAGES = ("en", "zh")
@@ -1284,8 +1284,8 @@ class RegistryClient:
             schemes = [self.scheme]
         elif is_loopback(split_host(self.host)):
             # A registry on this machine (docker run registry:2, a local mirror) nearly
-            # always speaks plain HTTP, so HTTP goes first and saves a failing TLS probe;
-            # an HTTPS-only one answers 400 to it, and HTTPS follows.
+            # always speaks plain HTTP, so HTTP goes first and saves a failing TLS probe.
+            # An HTTPS-only one returns 400 to it, and HTTPS follows.
             schemes = ["http", "https"]
         elif self.options.allows_plain_http(self.host):
             schemes = ["https", "http"]
@@ -1296,8 +1296,9 @@ class RegistryClient:
             last = position == len(schemes) - 1
             url = "%s://%s/v2/" % (scheme, self.host)
             # The first scheme gets the whole retry budget. The next one gets it too when
-            # the first failed as a server of the other scheme makes it fail (a TLS error,
-            # HTTP 400); otherwise it is only probed, and the first error is reported.
+            # the first failed with a TLS error or HTTP 400, the signs of a server that
+            # speaks the other scheme. Otherwise it is only probed, and the first error is
+            # the one reported.
             mismatch = first_error is not None and is_scheme_mismatch(first_error)
             if position == 0 or mismatch:
                 budget = self.new_retry_budget()
@@ -2565,15 +2566,25 @@ def write_archive(path: str, entries: Sequence[Tuple[Reference, ImageManifest]],
         raise
 
 
-def _write_members(tar: tarfile.TarFile, entries: Sequence[Tuple[Reference, ImageManifest]], blob_paths: Dict[str, str], cancel: threading.Event) -> None:
-    blobs: Dict[str, int] = {}  # each blob once, in the order the images name them
+def archive_contents(entries: Sequence[Tuple[Reference, ImageManifest]]) -> Tuple[List[str], Dict[str, int], Dict[str, bytes]]:
+    """Return the archive's directories, its blobs (digest -> size) and its manifests (digest -> bytes).
+
+    Each blob and manifest appears once, in the order the images name them.
+    """
+    blobs: Dict[str, int] = {}
     manifests: Dict[str, bytes] = {}
     for _, image in entries:
         for descriptor in [image.config] + image.layers:
             blobs.setdefault(descriptor.digest, descriptor.size)
         manifests.setdefault(image.manifest.digest, image.manifest.raw)
     algorithms = {digest.split(":")[0] for digest in list(blobs) + list(manifests)}
-    for directory in sorted({"blobs"} | {"blobs/" + algorithm for algorithm in algorithms}):
+    directories = sorted({"blobs"} | {"blobs/" + algorithm for algorithm in algorithms})
+    return directories, blobs, manifests
+
+
+def _write_members(tar: tarfile.TarFile, entries: Sequence[Tuple[Reference, ImageManifest]], blob_paths: Dict[str, str], cancel: threading.Event) -> None:
+    directories, blobs, manifests = archive_contents(entries)
+    for directory in directories:
         tar.addfile(_tar_info(directory, directory=True))
     for digest, size in blobs.items():
         if cancel.is_set():
@@ -2616,12 +2627,7 @@ class ArchiveSink:
         self.path = path
         self.temporary = path + PART_SUFFIX
         self._lock = threading.Lock()
-        self.blobs: Dict[str, int] = {}
-        manifests: Dict[str, bytes] = {}
-        for _, image in entries:
-            for descriptor in [image.config] + image.layers:
-                self.blobs.setdefault(descriptor.digest, descriptor.size)
-            manifests.setdefault(image.manifest.digest, image.manifest.raw)
+        directories, self.blobs, manifests = archive_contents(entries)
         self.offsets: Dict[str, int] = {}  # digest -> where the blob's data starts
         self.expected: Dict[str, int] = {digest: 0 for digest in self.blobs}  # next byte that keeps the blob in order
         self.broken: Dict[str, bool] = {digest: False for digest in self.blobs}
@@ -2636,8 +2642,7 @@ class ArchiveSink:
             position = start + length + (-length % tarfile.BLOCKSIZE)
             return start
 
-        algorithms = {digest.split(":")[0] for digest in list(self.blobs) + list(manifests)}
-        for directory in sorted({"blobs"} | {"blobs/" + algorithm for algorithm in algorithms}):
+        for directory in directories:
             add(self._header(_tar_info(directory, directory=True)))
         for digest, size in self.blobs.items():
             self.offsets[digest] = add(self._header(_tar_info(blob_member(digest), size)), size=size)
@@ -2899,7 +2904,7 @@ class TqdmStreamHandler(logging.StreamHandler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             tqdm.write(self.format(record), file=self.stream)
-        except Exception:  # logging's contract: report through handleError, never raise
+        except Exception:  # logging.Handler.emit reports its own failures through handleError
             self.handleError(record)
 
 
@@ -3087,28 +3092,37 @@ def mirror_sources(reference: Reference, settings: PullSettings) -> List[Mirror]
     return [m for m in settings.mirrors if m.registry == reference.registry and m.host not in settings.dead_mirrors]
 
 
-def fetch_image(reference: Reference, settings: PullSettings, cancel: threading.Event, archive: Optional[str], stream: bool = False) -> FetchedImage:
-    """Fetch from the reference's mirrors in order, then from its own registry, as Docker does.
+def from_sources(reference: Reference, settings: PullSettings, cancel: threading.Event, attempt: Callable[[Reference, Optional[str], PullSettings, threading.Event], T]) -> T:
+    """Run ``attempt`` against the reference's mirrors in order, then its own registry, as Docker does.
 
-    A mirror that fails for any reason but a local one (disk, folder) hands over to the
-    next source, and one that cannot be reached is skipped for the rest of the run. The
-    working folder and the archive always use the original name.
+    ``attempt`` gets the source reference, its scheme (None: find it), the settings and
+    a cancel event of its own. A mirror that fails for any reason but a local one (disk,
+    folder) hands over to the next source, and one that cannot be reached is skipped for
+    the rest of the run.
     """
     for mirror in mirror_sources(reference, settings):
-        attempt = child_cancel_event(cancel)
+        event = child_cancel_event(cancel)
         mirror_settings = dataclasses.replace(settings, network=dataclasses.replace(settings.network, retries=min(settings.network.retries, MIRROR_RETRIES)))
         try:
-            return fetch_from(reference, mirror.source_for(reference), mirror.scheme, mirror_settings, attempt, archive, stream)
+            return attempt(mirror.source_for(reference), mirror.scheme, mirror_settings, event)
         except (LocalFileError, UsageError):
             raise
         except PullerError as error:
-            attempt.set()
+            event.set()
             if isinstance(error, RegistryError) and error.status is None:
                 settings.dead_mirrors.add(mirror.host)
             LOGGER.warning(Text("The mirror {mirror} failed for {reference}: {error} Trying the next source.", mirror=mirror.host, reference=reference, error=error.message))
         if cancel.is_set():
             raise Cancelled()
-    return fetch_from(reference, reference, None, settings, child_cancel_event(cancel), archive, stream)
+    return attempt(reference, None, settings, child_cancel_event(cancel))
+
+
+def fetch_image(reference: Reference, settings: PullSettings, cancel: threading.Event, archive: Optional[str], stream: bool = False) -> FetchedImage:
+    """Fetch the image from its mirrors or its registry; the working folder and archive keep the original name."""
+    return from_sources(
+        reference, settings, cancel,
+        lambda source, scheme, source_settings, event: fetch_from(reference, source, scheme, source_settings, event, archive, stream),
+    )
 
 
 def archive_lock_path(store: BlobStore, archive: str) -> str:
@@ -3119,8 +3133,8 @@ def archive_lock_path(store: BlobStore, archive: str) -> str:
 def fetch_from(reference: Reference, source: Reference, scheme: Optional[str], settings: PullSettings, cancel: threading.Event, archive: Optional[str], stream: bool = False) -> FetchedImage:
     """Resolve the image at ``source`` and download every blob; ``archive`` joins the space check.
 
-    With ``stream`` the archive file is written while the blobs arrive (see ArchiveSink);
-    the caller then finishes it with the returned sink and releases its lock.
+    With ``stream`` the archive file is written while the blobs arrive (see ArchiveSink).
+    The caller then finishes it with the returned sink and releases its lock.
     """
     LOGGER.info(Text("Pulling {reference} from {host} into {directory}.", reference=reference, host=source.api_host, directory=os.path.abspath(settings.directory)))
     client = RegistryClient(source, settings.network, settings.credentials.for_registry(source.registry), cancel, settings.limiter, scheme)
@@ -3680,6 +3694,7 @@ def settings_from_args(args: argparse.Namespace, references: Sequence[Reference]
     rate = resolve_option(args, config, config_path, "limit_rate", lambda text: parse_rate(text, "max_bandwidth"), None)
     if isinstance(rate, str):
         rate = parse_rate(rate)
+
     if args.output == STDOUT_ARCHIVE and sys.stdout.isatty():
         raise UsageError(Text("Refusing to write a binary archive to a terminal; redirect standard output to a file or pipe it into docker load."))
     if not 1 <= args.threads <= MAX_THREADS:
@@ -3697,6 +3712,7 @@ def settings_from_args(args: argparse.Namespace, references: Sequence[Reference]
             if path in archives and archives[path] != reference:
                 raise UsageError(Text("{first} and {second} would both be written to {path}; pull them in separate runs with different -d or -o.", first=archives[path], second=reference, path=path))
             archives[path] = reference
+
     platform_text = args.platform or os.environ.get(ENV_DEFAULT_PLATFORM) or config.get("platform")
     platform = parse_platform(platform_text or DEFAULT_PLATFORM)
     mirror_texts = args.mirror or split_list(config.get("mirror", ""))
@@ -3705,12 +3721,14 @@ def settings_from_args(args: argparse.Namespace, references: Sequence[Reference]
     if args.insecure:
         insecure.update(mirror.host for mirror in mirrors)
     insecure.update(parse_registry(name) for name in split_list(config.get("insecure_registries", "")))
+
     ca_file = args.ca_cert or config.get("ca_cert")
     if ca_file and not os.path.isfile(ca_file):
         raise UsageError(Text("The CA certificate file {path} does not exist.", path=ca_file))
     proxy = config.get("proxy")
-    if proxy and urllib.parse.urlsplit(proxy).scheme not in ("http", "https", "socks5", "socks5h"):
+    if proxy and urllib.parse.urlsplit(proxy).scheme not in ("http", "https"):
         raise UsageError(Text("Invalid proxy {value!r} in {path}: expected http://HOST:PORT.", value=proxy, path=config_path))
+
     network = NetworkOptions(
         retries=args.retry, backoff_base=args.retry_delay, read_timeout=args.timeout,
         connect_timeout=min(DEFAULT_CONNECT_TIMEOUT, args.timeout), insecure_registries=frozenset(insecure),
@@ -3839,9 +3857,9 @@ def print_summary(results: Sequence[ImageResult]) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip(), file=sys.stderr)
 
 
-def platforms_at(source: Reference, scheme: Optional[str], settings: PullSettings) -> List[Tuple[str, str]]:
+def platforms_at(source: Reference, scheme: Optional[str], settings: PullSettings, cancel: threading.Event) -> List[Tuple[str, str]]:
     """Return (platform, manifest digest) pairs that the image at ``source`` offers."""
-    client = RegistryClient(source, settings.network, settings.credentials.for_registry(source.registry), new_cancel_event(), settings.limiter, scheme)
+    client = RegistryClient(source, settings.network, settings.credentials.for_registry(source.registry), cancel, settings.limiter, scheme)
     try:
         client.ping()
         top = fetch_manifest(client, source.manifest_reference, source.digest)
@@ -3863,19 +3881,11 @@ def list_platforms(references: Sequence[Reference], settings: PullSettings, args
     """Print each image's platforms and manifest digests, asking mirrors first; no layer is downloaded."""
     status = EXIT_OK
     for reference in references:
-        sources = [(m.source_for(reference), m.scheme) for m in mirror_sources(reference, settings)] + [(reference, None)]
-        offers: List[Tuple[str, str]] = []
-        for position, (source, scheme) in enumerate(sources):
-            try:
-                offers = platforms_at(source, scheme, settings)
-                break
-            except PullerError as error:
-                if position == len(sources) - 1:
-                    report_failure(reference, error, args)
-                    status = EXIT_FAILURE
-                else:
-                    LOGGER.warning(Text("The mirror {mirror} failed for {reference}: {error} Trying the next source.", mirror=source.registry, reference=reference, error=error.message))
-        else:
+        try:
+            offers = from_sources(reference, settings, new_cancel_event(), platforms_at)
+        except PullerError as error:
+            report_failure(reference, error, args)
+            status = EXIT_FAILURE
             continue
         if args.json:
             print(json.dumps({"reference": str(reference), "platforms": [{"platform": p, "digest": d} for p, d in offers]}), flush=True)
