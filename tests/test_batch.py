@@ -28,7 +28,8 @@ def test_reference_list_file(registry, tmp_path):
     result = run_puller(["-f", str(listing), "-d", str(tmp_path / "work")])
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [str(tmp_path / "work" / "team_one_v1.tar"), str(tmp_path / "work" / "team_two_v1.tar")]
-    assert "STATUS" in result.stderr and result.stderr.count("pulled") == 2
+    assert "STATUS" in result.stderr
+    assert result.stderr.count("pulled") == 2
 
 
 def test_reference_list_from_stdin(registry, tmp_path):

@@ -90,7 +90,9 @@ def test_failure_exits_1_with_one_line(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("docker_image_puller.py: error:")]
     assert len(errors) == 1, result.stderr
     assert result.stderr.rstrip().endswith(errors[0])
-    assert "team/missing" in errors[0] and "404" in errors[0] and "MANIFEST_UNKNOWN" in errors[0]
+    assert "team/missing" in errors[0]
+    assert "404" in errors[0]
+    assert "MANIFEST_UNKNOWN" in errors[0]
     assert "Check the tag or digest" in errors[0]
 
 
@@ -120,7 +122,8 @@ def test_quiet_success_prints_nothing(tmp_path):
         fake.add_image("team/app", "v1", [random_layer(1, 4096)])
         result = run_puller(["%s/team/app:v1" % fake.host, "-q", "-d", str(tmp_path)])
     assert result.returncode == 0
-    assert result.stdout == "" and result.stderr == ""
+    assert result.stdout == ""
+    assert result.stderr == ""
 
 
 def test_no_progress_bars_without_terminal(tmp_path):
@@ -129,7 +132,8 @@ def test_no_progress_bars_without_terminal(tmp_path):
         result = run_puller(["%s/team/app:v1" % fake.host, "-d", str(tmp_path)])
     assert result.returncode == 0
     assert "\r" not in result.stderr
-    assert "it/s" not in result.stderr and "B/s" not in result.stderr
+    assert "it/s" not in result.stderr
+    assert "B/s" not in result.stderr
 
 
 @pytest.mark.parametrize("signal_number, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -172,8 +176,10 @@ def test_chinese_from_option_overrides_locale(tmp_path):
     with FakeRegistry() as fake:
         zh = run_puller(["%s/team/missing:v1" % fake.host, "-d", str(tmp_path), "--lang", "zh"])
         en = run_puller(["%s/team/missing:v1" % fake.host, "-d", str(tmp_path), "--lang", "en"], env={"LC_ALL": "zh_CN.UTF-8"})
-    assert "失败" in zh.stderr and "请检查标签或 digest" in zh.stderr
-    assert "failed" in en.stderr and "失败" not in en.stderr
+    assert "失败" in zh.stderr
+    assert "请检查标签或 digest" in zh.stderr
+    assert "failed" in en.stderr
+    assert "失败" not in en.stderr
     # The log file stays in English whatever the terminal language.
     assert "失败" not in (tmp_path / "docker_puller.log").read_text(encoding="utf-8")
 
@@ -181,7 +187,8 @@ def test_chinese_from_option_overrides_locale(tmp_path):
 def test_chinese_help():
     result = run_puller(["--help", "--lang", "zh"])
     assert result.returncode == 0
-    assert "用法" in result.stdout and "并发连接数" in result.stdout
+    assert "用法" in result.stdout
+    assert "并发连接数" in result.stdout
 
 
 def _message_templates():

@@ -179,7 +179,7 @@ def test_second_unauthorized_is_final(bearer_registry, tmp_path, capsys):
 
 
 def test_concurrent_expiry_fetches_one_token(tmp_path, capsys):
-    # The registry expires tokens after 1 s but says they last 60 s, so the client cannot
+    # The registry expires tokens after 1 s but claims they last 60 s, so the client cannot
     # renew early. The config download stalls past the expiry. Then eight threads send
     # the expired token, and each 401 is held back 0.3 s so that all of them are in
     # flight before the first comes back. The threads must share one new token.
@@ -259,7 +259,10 @@ def test_retries_exhausted_reports_url_and_status(registry, tmp_path, capsys):
     assert result.status == 1
     assert len(blob_gets(registry, layer)) == 4
     line = result.stderr.strip().splitlines()[-1]
-    assert "503" in line and layer in line and registry.host in line and "team/app" in line
+    assert "503" in line
+    assert layer in line
+    assert registry.host in line
+    assert "team/app" in line
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.rglob("blob")) or all(p.parent.name != layer.replace(":", "_") for p in tmp_path.rglob("blob"))
 
@@ -478,7 +481,8 @@ def test_manifest_by_digest_verified(registry, tmp_path, capsys):
     registry.add_manifest("team/app", wanted, image["manifest_bytes"], image["media_type"])
     result = pull(capsys, tmp_path, "%s/team/app@%s" % (registry.host, wanted))
     assert result.status == 1
-    assert wanted in result.stderr and image["manifest_digest"] in result.stderr
+    assert wanted in result.stderr
+    assert image["manifest_digest"] in result.stderr
 
 
 def test_manifest_bytes_archived_unchanged(registry, tmp_path, capsys):

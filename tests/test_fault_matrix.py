@@ -68,7 +68,7 @@ def expected_to_succeed(phase: str, fault: str) -> bool:
     if fault.startswith("401") and phase == "token":
         return False  # a 401 from the token service means the credentials are wrong
     if fault in ("HTML page", "401 expired token", "401 revoked token") and phase == "ping":
-        return True  # the ping accepts any answer that is not an error
+        return True  # the ping accepts any response that is not an error
     return not permanent
 
 
@@ -114,7 +114,7 @@ def test_fault_in_phase(matrix, tmp_path, capsys, phase, fault):
     fake = matrix.fake
     fake.clear_faults()
     fake.revoke_tokens()
-    # The ping carries no token, so the registry's auth check would answer it before a fault.
+    # The ping carries no token, so the registry's auth check would reject it before a fault applies.
     fake.fault(kind, matrix.paths[phase], times=None if permanent else 1, before_auth=phase == "ping", **parameters)
     capsys.readouterr()
 
@@ -156,7 +156,8 @@ def test_archive_write_failure_is_resumable(matrix, tmp_path, capsys, monkeypatc
     status = matrix.pull(tmp_path / "first")
     stderr = capsys.readouterr().err
     assert status == 1
-    assert "Writing the archive" in stderr and "team_app_v1.tar" in stderr
+    assert "Writing the archive" in stderr
+    assert "team_app_v1.tar" in stderr
     assert not (tmp_path / "first" / "team_app_v1.tar").exists()
     assert not (tmp_path / "first" / "team_app_v1.tar.part").exists()
     monkeypatch.setattr(dip.os, "fsync", real_fsync)

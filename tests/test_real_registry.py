@@ -63,7 +63,7 @@ def test_pull_matches_registry_and_skopeo(real_registry, tmp_path, image):
     assert archive.is_file()
     check_archive_matches_push(archive, pushed, reference)
 
-    # skopeo sees the same config and layers in the archive as in the registry.
+    # skopeo finds the same config and layers in the archive as in the registry.
     registry_view = skopeo_inspect(reference)
     assert registry_view["Layers"] == pushed["layer_digests"]
     config_bytes = skopeo_inspect_archive(archive, raw=True, config=True)
@@ -93,7 +93,8 @@ def test_working_folder_layout(real_registry, tmp_path):
     assert not list(tmp_path.rglob("*.part"))
     assert not [p for p in tmp_path.rglob("*") if ":" in p.name]
     log = (tmp_path / "docker_puller.log").read_text()
-    assert "Resolved" in log and pushed["manifest_digest"] in log
+    assert "Resolved" in log
+    assert pushed["manifest_digest"] in log
 
 
 @pytest.mark.parametrize(
@@ -126,7 +127,8 @@ def test_index_missing_platform_lists_offers(real_registry, tmp_path):
     result = run_puller(["%s/test/multi:v1" % real_registry.host, "-d", str(tmp_path), "--platform", "linux/s390x"])
     assert result.returncode == 1
     assert "linux/s390x" in result.stderr
-    assert "linux/arm64/v8" in result.stderr and "linux/amd64" in result.stderr
+    assert "linux/arm64/v8" in result.stderr
+    assert "linux/amd64" in result.stderr
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.glob("*.tar"))
 
@@ -134,7 +136,8 @@ def test_index_missing_platform_lists_offers(real_registry, tmp_path):
 def test_single_image_wrong_platform_fails(real_registry, tmp_path):
     result = run_puller(["%s/test/single:v1" % real_registry.host, "-d", str(tmp_path), "--platform", "linux/arm64"])
     assert result.returncode == 1
-    assert "linux/amd64" in result.stderr and "linux/arm64" in result.stderr
+    assert "linux/amd64" in result.stderr
+    assert "linux/arm64" in result.stderr
     assert not list(tmp_path.glob("*.tar"))
 
 
@@ -163,8 +166,10 @@ def test_unknown_tag_names_image_and_status(real_registry, tmp_path):
     result = run_puller(["%s/test/single:nope" % real_registry.host, "-d", str(tmp_path)])
     assert result.returncode == 1
     line = result.stderr.strip().splitlines()[-1]
-    assert "test/single" in line and "nope" in line
-    assert "404" in line and "MANIFEST_UNKNOWN" in line
+    assert "test/single" in line
+    assert "nope" in line
+    assert "404" in line
+    assert "MANIFEST_UNKNOWN" in line
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "test_single_layers").exists()
 
@@ -274,7 +279,8 @@ def test_private_registry_needs_credentials(private_token_registry, tmp_path):
     check_archive_matches_push(tmp_path / "right" / "test_single_v1.tar", private_token_registry.images["test/single:v1"], reference)
     for text in (right.stderr, (tmp_path / "right" / "docker_puller.log").read_text()):
         assert "secret" not in text
-        assert "Bearer " not in text and "Basic " not in text
+        assert "Bearer " not in text
+        assert "Basic " not in text
 
 
 def test_expiring_tokens_on_slow_link(token_registry, tmp_path):
@@ -315,7 +321,8 @@ def test_kill_and_rerun_resumes_identically(real_registry_big, tmp_path):
         # is on disk. Kill once it records 20 MiB.
         kept, deadline = 0, time.monotonic() + 60
         while kept < 20 * 1024 * 1024:
-            assert process.poll() is None and time.monotonic() < deadline, "the pull ended before it could be killed"
+            assert process.poll() is None, "the pull ended before it could be killed"
+            assert time.monotonic() < deadline, "the pull ended before it could be killed"
             time.sleep(0.02)
             for state in killed.rglob("segments.json"):
                 with contextlib.suppress(ValueError, OSError):
@@ -410,7 +417,8 @@ def test_https_only_loopback_registry(real_registry, tmp_path):
             with contextlib.suppress(OSError):
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
-            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "registry.log").read_text()
+            assert server.poll() is None, (tmp_path / "registry.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "registry.log").read_text()
             time.sleep(0.1)
         reference = "127.0.0.1:%d/test/single:v1" % port
         result = run_puller([reference, "-d", str(tmp_path / "work"), "-v"])

@@ -66,7 +66,8 @@ def test_two_processes_overlapping_images(registry, tmp_path):
         outputs = [process.communicate(timeout=120) for process in (first, second)]
     finally:
         relay.close()
-    assert first.returncode == 0 and second.returncode == 0, outputs
+    assert first.returncode == 0, outputs
+    assert second.returncode == 0, outputs
     assert len(blob_gets(registry, first_image["layer_digests"][0])) == 1
     assert_complete_archive(tmp_path, first_image, "team_app_one.tar")
     assert_complete_archive(tmp_path, second_image, "team_app_two.tar")
@@ -128,7 +129,8 @@ def test_disk_full_mid_blob_is_resumable(registry, tmp_path, capsys, monkeypatch
     monkeypatch.setattr(dip.PartFile, "append", append_until_full)
     result = pull(capsys, tmp_path, "%s/team/app:v1" % registry.host)
     assert result.status == 1
-    assert "No space left on device" in result.stderr and "blob.part" in result.stderr
+    assert "No space left on device" in result.stderr
+    assert "blob.part" in result.stderr
     part = tmp_path / "team_app_layers" / layer.replace(":", "_") / "blob.part"
     kept = part.stat().st_size
     assert kept == 100_000
@@ -174,7 +176,8 @@ def test_oversized_token_rejected(tmp_path, capsys):
         fake.fault("status", r"^/token", times=None, status=200, body="x" * (dip.MAX_TOKEN_BYTES + 10), headers={"Content-Type": "application/json"})
         result = pull(capsys, tmp_path, "%s/team/app:v1" % fake.host)
     assert result.status == 1
-    assert "token response" in result.stderr and "limit" in result.stderr
+    assert "token response" in result.stderr
+    assert "limit" in result.stderr
 
 
 def test_huge_error_body_read_capped(registry, tmp_path, capsys):

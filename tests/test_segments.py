@@ -182,11 +182,13 @@ def test_config_ini_read_and_overridden(registry, tmp_path, capsys):
     (tmp_path / "config.ini").write_text("[network]\nthreads = 0\nmax_bandwidth = 1M\n")
     rejected = pull(capsys, tmp_path, "%s/team/app:v1" % registry.host)
     assert rejected.status == 2
-    assert "threads" in rejected.stderr and "config.ini" in rejected.stderr
+    assert "threads" in rejected.stderr
+    assert "config.ini" in rejected.stderr
     # The command line beats the file.
     accepted = pull(capsys, tmp_path, "%s/team/app:v1" % registry.host, "-t", "2")
     assert accepted.status == 0, accepted.stderr
-    assert "threads=2" in accepted.log and "limit_rate=1048576" in accepted.log
+    assert "threads=2" in accepted.log
+    assert "limit_rate=1048576" in accepted.log
 
 
 def test_config_option_names_file(registry, tmp_path, capsys):
@@ -195,7 +197,8 @@ def test_config_option_names_file(registry, tmp_path, capsys):
     config.write_text("[network]\nretries = 1\ntimeout = 7\n")
     result = pull(capsys, tmp_path / "work", "%s/team/app:v1" % registry.host, "--config", str(config))
     assert result.status == 0, result.stderr
-    assert "retries=1" in result.log and str(config) in result.log
+    assert "retries=1" in result.log
+    assert str(config) in result.log
     missing = pull(capsys, tmp_path / "work", "%s/team/app:v1" % registry.host, "--config", str(tmp_path / "none.ini"))
     assert missing.status == 2
 

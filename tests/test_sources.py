@@ -66,7 +66,8 @@ def test_failed_mirror_falls_back(origin, mirror, tmp_path):
         second.close()
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("Trying the next source") == 2
-    assert mirror.requests_to("/manifests/") and second.requests_to("/manifests/")
+    assert mirror.requests_to("/manifests/")
+    assert second.requests_to("/manifests/")
     assert archive_names(tmp_path / "team_app_v1.tar") == ["%s/team/app:v1" % origin.host]
 
 
