@@ -48,7 +48,7 @@ import time
 import traceback
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
+from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import requests
 import urllib3
@@ -105,9 +105,13 @@ MAX_INDEX_ENTRIES = 1024
 MAX_LAYERS = 1024  # far more than any runtime can stack; a longer list is treated as hostile
 MAX_BLOB_SIZE = 1 << 40  # 1 TiB: any larger size in a manifest is treated as hostile
 
-CHUNK_SIZE = 1024 * 1024  # maximum bytes read from the socket and written to disk at once
+CHUNK_SIZE = 1024 * 1024  # maximum bytes read from the socket or a file at once
 FALLBACK_CHUNK_SIZE = 128 * 1024  # read size for urllib3 before 2.2, which waits for full reads
 ARCHIVE_BUFFER_SIZE = 4 * 1024 * 1024
+# Bytes per write() call. On the benchmark machine (Linux 6.18 in a VM), writing 1 GiB
+# in 1 MiB calls cost 2 to 6 s of kernel time, and in 64 KiB calls 0.2 s (BENCHMARKS.md).
+# The likely cause is page-cache folios sized by the write, which need contiguous memory.
+WRITE_SIZE = 64 * 1024
 
 DEFAULT_THREADS = 5
 MAX_THREADS = 20
@@ -1584,6 +1588,13 @@ def hash_file(path: str, algorithm: str) -> Tuple["hashlib._Hash", int]:
     return hasher, count
 
 
+def write_fully(handle, data) -> None:
+    """Write all of data to handle, at most WRITE_SIZE bytes per call."""
+    view = memoryview(data)
+    while view:
+        view = view[handle.write(view[:WRITE_SIZE]):]
+
+
 def local_error(action: Text, path: str, error: OSError) -> LocalFileError:
     return LocalFileError(
         Text("{action} {path} failed: {error}.", action=action, path=path, error=error.strerror or error),
@@ -1817,6 +1828,7 @@ class BlobDownloader:
         self.progress = progress
         self.budget = budget or ConnectionBudget(1)
         self.sink: Optional["ArchiveSink"] = None  # the archive being written while blobs arrive
+        self.range_counts: Dict[str, int] = {}  # digest -> byte ranges for that blob (see share_ranges)
 
     def fetch(self, descriptor: Descriptor) -> str:
         """Return the path of the verified blob, downloading what is missing."""
@@ -1886,11 +1898,14 @@ class BlobDownloader:
         """Complete the .part file; return its digest and size.
 
         A blob of SEGMENT_THRESHOLD bytes or more is fetched as several byte ranges at
-        once, unless the registry has shown that it ignores Range.
+        once, unless the registry has shown that it ignores Range or the blob's share of
+        ranges is one. A blob with ranges saved by an earlier run always resumes them.
         """
-        if descriptor.size >= SEGMENT_THRESHOLD and not self.client.ranges_ignored:
+        count = self.range_counts.get(descriptor.digest, 2 * self.budget.threads)
+        segmented = count > 1 or os.path.exists(self.store.segments_path(descriptor.digest))
+        if descriptor.size >= SEGMENT_THRESHOLD and segmented and not self.client.ranges_ignored:
             try:
-                return SegmentedDownload(self, descriptor, path).run()
+                return SegmentedDownload(self, descriptor, path, count).run()
             except RangeIgnored:
                 self.client.ranges_ignored = True
                 LOGGER.warning(Text("The registry {registry} ignores Range requests; blob {digest} is downloaded over one connection.", registry=self.client.host, digest=descriptor.digest))
@@ -2057,7 +2072,7 @@ class PartFile:
 
     def append(self, chunk: bytes) -> None:
         try:
-            self.handle.write(chunk)
+            write_fully(self.handle, chunk)
         except OSError as error:
             raise local_error(Text("Writing"), self.path, error) from error
         self.hasher.update(chunk)
@@ -2092,6 +2107,14 @@ class PartFile:
 
 SEGMENT_THRESHOLD = 16 * 1024 * 1024  # blobs from this size up are fetched as byte ranges
 MIN_SEGMENT_SIZE = 8 * 1024 * 1024
+# A range in progress is split for an idle connection when each half gets MIN_SPLIT_SIZE
+# or more and, at the rate of its connection so far, it would take SPLIT_AFTER_SECONDS or
+# more to finish. A split closes the slow connection at the new end, which throws away
+# what is in flight on it, so ranges that end soon are left alone.
+MIN_SPLIT_SIZE = 2 * 1024 * 1024
+SPLIT_AFTER_SECONDS = 1.0
+SPLIT_MIN_AGE = 0.5  # seconds a request must have run before its rate is trusted
+SPLIT_CHECK_INTERVAL = 0.25  # seconds between looks for a range to split
 SEGMENT_STATE_INTERVAL = 1.0  # seconds between saves of segments.json
 
 
@@ -2106,14 +2129,24 @@ class ConnectionBudget:
     def __init__(self, threads: int) -> None:
         self.threads = threads
         self._semaphore = threading.Semaphore(threads)
+        self._lock = threading.Lock()
+        self.waiting = 0  # downloads blocked in acquire()
 
     def try_acquire(self) -> bool:
         return self._semaphore.acquire(blocking=False)
 
     def acquire(self, cancel: threading.Event) -> None:
-        while not self._semaphore.acquire(timeout=LOCK_POLL_SECONDS):
-            if cancel.is_set():
-                raise Cancelled()
+        if self._semaphore.acquire(blocking=False):
+            return
+        with self._lock:
+            self.waiting += 1
+        try:
+            while not self._semaphore.acquire(timeout=LOCK_POLL_SECONDS):
+                if cancel.is_set():
+                    raise Cancelled()
+        finally:
+            with self._lock:
+                self.waiting -= 1
 
     def release(self) -> None:
         self._semaphore.release()
@@ -2150,6 +2183,9 @@ class Segment:
     start: int
     end: int  # exclusive
     done: int = 0  # bytes of this range written to the .part file
+    reserved: int = 0  # the end of the chunk being written now: a split never moves ``end`` below it
+    fetch_started: float = 0.0  # time.monotonic() when the current request's body began
+    fetched: int = 0  # body bytes of the current request
 
     @property
     def position(self) -> int:
@@ -2203,8 +2239,9 @@ class SegmentedDownload:
     position are complete, so the sha256 check overlaps the download.
     """
 
-    def __init__(self, downloader: BlobDownloader, descriptor: Descriptor, path: str) -> None:
+    def __init__(self, downloader: BlobDownloader, descriptor: Descriptor, path: str, count: int) -> None:
         self.downloader = downloader
+        self.count = count  # ranges to plan when no saved plan exists
         self.client = downloader.client
         self.descriptor = descriptor
         self.path = path
@@ -2214,6 +2251,7 @@ class SegmentedDownload:
         self.stop = threading.Event()
         self.segments: List[Segment] = []
         self.pending: List[Segment] = []
+        self.active: List[Segment] = []  # ranges a connection is fetching now
         self.hashed = 0  # bytes from the start of the blob that went through the hasher
         self.save_lock = threading.Lock()
         self.saved_at = 0.0
@@ -2225,15 +2263,13 @@ class SegmentedDownload:
         segments = load_segments(self.state_path, size) if os.path.exists(self.path) else None
         if segments is None:
             prefix = os.path.getsize(self.path) if os.path.exists(self.path) else 0
-            # Twice as many ranges as connections: a connection that finishes early takes
-            # another range instead of waiting for the slowest one.
-            segments = plan_segments(size, 2 * self.downloader.budget.threads, prefix if prefix <= size else 0)
+            segments = plan_segments(size, self.count, prefix if prefix <= size else 0)
         with open(self.path, "r+b" if os.path.exists(self.path) else "w+b") as handle:
             handle.truncate(size)
         self.segments = segments
         self.pending = [segment for segment in segments if not segment.complete]
         if self.downloader.sink is not None:
-            self.downloader.sink.flush_also(self.path)
+            self.downloader.sink.flush_also(self.path, lambda: self.hashed)
         done = sum(segment.done for segment in segments)
         if done:
             LOGGER.info(Text("Resuming blob {digest} at {done} of {size} bytes in {count} ranges.", digest=self.descriptor.digest, done=done, size=size, count=len(self.pending)))
@@ -2292,13 +2328,64 @@ class SegmentedDownload:
         remove_if_present(self.state_path)
         return "%s:%s" % (self.descriptor.algorithm, hasher.hexdigest()), self.hashed
 
+    def _next_segment(self) -> Optional[Segment]:
+        """Take a range to fetch: the next pending one, or else half of the slowest in progress.
+
+        Splitting keeps connections busy to the end, instead of leaving one slow
+        connection to finish its range alone. A stalled connection keeps the first half
+        until it resumes or its read times out. An idle connection waits for a range worth
+        splitting while others are running, unless another blob waits for a connection.
+        """
+        with self.condition:
+            while True:
+                if self.failure is not None or self.client.cancel.is_set():
+                    return None
+                segment = self.pending.pop(0) if self.pending else self._split_slowest()
+                if segment is not None:
+                    self.active.append(segment)
+                    return segment
+                if not self.active or self.downloader.budget.waiting:
+                    return None
+                self.condition.release()
+                try:
+                    self.stop.wait(SPLIT_CHECK_INTERVAL)
+                finally:
+                    self.condition.acquire()
+
+    def _split_slowest(self) -> Optional[Segment]:
+        """Cut the active range that would take longest to finish in two; return the second half."""
+        now = time.monotonic()
+        slowest, slowest_eta, slowest_left = None, SPLIT_AFTER_SECONDS, 0
+        for segment in self.active:
+            left = segment.end - max(segment.position, segment.reserved)
+            elapsed = now - segment.fetch_started
+            if left < 2 * MIN_SPLIT_SIZE or not segment.fetch_started or elapsed < SPLIT_MIN_AGE:
+                continue
+            rate = segment.fetched / elapsed
+            eta = left / rate if rate > 0 else float("inf")
+            if eta >= slowest_eta:
+                slowest, slowest_eta, slowest_left = segment, eta, left
+        if slowest is None:
+            return None
+        middle = slowest.end - slowest_left // 2
+        second = Segment(middle, slowest.end)
+        slowest.end = middle
+        index = next(i for i, segment in enumerate(self.segments) if segment is slowest)
+        self.segments.insert(index + 1, second)
+        LOGGER.debug("Split the range %d-%d of %s at %d for an idle connection", slowest.start, second.end - 1, self.descriptor.digest, middle)
+        return second
+
+    def _finished(self, segment: Segment) -> None:
+        with self.condition:
+            self.active = [other for other in self.active if other is not segment]
+
     def _work(self, helpers: List[threading.Thread]) -> None:
         """Download ranges in this thread, and start helpers while the budget has room."""
         while True:
+            segment = self._next_segment()
+            if segment is None:
+                return
             with self.condition:
-                if not self.pending or self.failure is not None:
-                    return
-                segment = self.pending.pop(0)
                 spare = len(self.pending)
             while spare > 0 and self.downloader.budget.try_acquire():
                 helper = threading.Thread(target=self._help, name="blob-range", daemon=True)
@@ -2310,10 +2397,9 @@ class SegmentedDownload:
     def _help(self) -> None:
         try:
             while True:
-                with self.condition:
-                    if not self.pending or self.failure is not None:
-                        return
-                    segment = self.pending.pop(0)
+                segment = self._next_segment()
+                if segment is None:
+                    return
                 self._fetch_guarded(segment)
         finally:
             self.client.close_thread_session()
@@ -2324,6 +2410,8 @@ class SegmentedDownload:
             self._fetch(segment)
         except BaseException as error:  # handed to run(), which raises it in the blob's task
             self._fail(error)
+        finally:
+            self._finished(segment)
 
     def _fail(self, error: BaseException) -> None:
         with self.condition:
@@ -2355,19 +2443,21 @@ class SegmentedDownload:
     def _copy(self, response: requests.Response, handle, segment: Segment, phase: Text) -> None:
         cancel = self.client.cancel
         handle.seek(segment.position)
+        with self.condition:
+            segment.fetch_started, segment.fetched = time.monotonic(), 0
         try:
             for chunk in iter_raw_body(response):
                 if cancel.is_set() or self.failure is not None:
                     raise Cancelled()
                 self.client.limiter.consume(len(chunk), cancel)
-                chunk = chunk[:segment.end - segment.position]
-                view = memoryview(chunk)
-                while view:
-                    try:
-                        written = handle.write(view)
-                    except OSError as error:
-                        raise local_error(Text("Writing"), self.path, error) from error
-                    view = view[written:]
+                with self.condition:  # the end moves when another connection takes half the range
+                    segment.fetched += len(chunk)
+                    chunk = chunk[:segment.end - segment.position]
+                    segment.reserved = segment.position + len(chunk)
+                try:
+                    write_fully(handle, chunk)
+                except OSError as error:
+                    raise local_error(Text("Writing"), self.path, error) from error
                 with self.condition:
                     segment.done += len(chunk)
                     self.condition.notify_all()
@@ -2414,6 +2504,23 @@ class SegmentedDownload:
         remove_if_present(self.state_path)
 
 
+def share_ranges(descriptors: Sequence[Descriptor], threads: int) -> Dict[str, int]:
+    """Split 2 x ``threads`` byte ranges among the blobs of SEGMENT_THRESHOLD or more, by size.
+
+    Twice as many ranges as connections lets a connection that finishes early take
+    another range instead of waiting for the slowest one. The ranges are shared among
+    the large blobs so that they stay large when an image has several large layers.
+    Every range costs a request. A blob in several ranges is also read back from disk to
+    be hashed, while a blob in one range is hashed as it arrives.
+    """
+    large = [descriptor for descriptor in descriptors if descriptor.size >= SEGMENT_THRESHOLD]
+    total = sum(descriptor.size for descriptor in large)
+    return {
+        descriptor.digest: max(1, round(2 * threads * descriptor.size / total))
+        for descriptor in large
+    }
+
+
 def download_blobs(downloader: BlobDownloader, descriptors: Sequence[Descriptor], threads: int) -> Dict[str, str]:
     """Fetch each distinct blob once, ``threads`` at a time; return digest -> path.
 
@@ -2423,6 +2530,8 @@ def download_blobs(downloader: BlobDownloader, descriptors: Sequence[Descriptor]
     unique: Dict[str, Descriptor] = {}
     for descriptor in descriptors:
         unique.setdefault(descriptor.digest, descriptor)
+    missing = [descriptor for descriptor in unique.values() if not os.path.exists(downloader.store.blob_path(descriptor.digest))]
+    downloader.range_counts = share_ranges(missing, threads)
     cancel = downloader.client.cancel
     paths: Dict[str, str] = {}
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="blob")
@@ -2551,7 +2660,7 @@ def write_archive(path: str, entries: Sequence[Tuple[Reference, ImageManifest]],
     temporary = path + PART_SUFFIX
     try:
         with open(temporary, "wb") as output:
-            with tarfile.open(fileobj=output, mode="w", format=tarfile.PAX_FORMAT, copybufsize=ARCHIVE_BUFFER_SIZE) as tar:
+            with tarfile.open(fileobj=output, mode="w", format=tarfile.PAX_FORMAT, copybufsize=WRITE_SIZE) as tar:
                 _write_members(tar, entries, blob_paths, cancel)
             output.flush()
             os.fsync(output.fileno())
@@ -2609,7 +2718,8 @@ def _add_verified_blob(tar: tarfile.TarFile, digest: str, size: int, path: str) 
         )
 
 
-ARCHIVE_FLUSH_INTERVAL = 0.5  # seconds between background flushes of an archive being written
+ARCHIVE_FLUSH_INTERVAL = 0.5  # seconds between background fsyncs of the files an archive is fed from
+ARCHIVE_WRITEBACK_INTERVAL = 0.1  # seconds between starts of write-back, where the OS offers it
 ARCHIVE_FLUSH_BYTES = 8 * 1024 * 1024  # flush only when at least this much is new
 
 
@@ -2656,7 +2766,7 @@ class ArchiveSink:
         self.size = position
         self.unsynced = 0  # bytes written since the last flush to disk
         self.stopped = threading.Event()
-        self.companions: List = []  # other files flushed with the archive (see flush_also)
+        self.companions: List[Tuple[BinaryIO, Callable[[], int]]] = []  # other files flushed with the archive (see flush_also)
         try:
             self.handle = open(self.temporary, "w+b", buffering=0)
             self.handle.truncate(self.size)  # unwritten parts read as the zeros tar needs
@@ -2670,36 +2780,56 @@ class ArchiveSink:
         self.flusher = threading.Thread(target=self._flush_in_background, name="blob-flush", daemon=True)
         self.flusher.start()
 
-    def flush_also(self, path: str) -> None:
+    def flush_also(self, path: str, written: Callable[[], int]) -> None:
         """Flush this file too while the download runs: a blob.part the archive is fed from.
 
-        On ext4 the archive's final fsync would otherwise also wait for the .part file's
-        data, since a journal commit writes out the data of every file in it.
+        ``written`` returns how many bytes from the start of the file were already fed to
+        the archive, so nothing reads them again. On ext4 the archive's final fsync would
+        otherwise also wait for the .part file's data, because a journal commit writes out
+        the data of every file in it.
         """
         try:
             handle = open(path, "r+b", buffering=0)
         except OSError:
             return
         with self._lock:
-            self.companions.append(handle)
+            self.companions.append((handle, written))
 
     def _flush_in_background(self) -> None:
-        while not self.stopped.wait(ARCHIVE_FLUSH_INTERVAL):
+        """Send the data written so far on its way to disk, so the final fsync has little left.
+
+        On Linux, POSIX_FADV_DONTNEED starts write-back of the dirty pages in a range and
+        drops the clean pages, which nothing reads again. A pull of many GB then does not
+        fill the page cache either. The .part files are also fsynced every
+        ARCHIVE_FLUSH_INTERVAL, and on systems without posix_fadvise the archive too.
+        """
+        kick = hasattr(os, "posix_fadvise")
+        synced_at = time.monotonic()
+        while not self.stopped.wait(ARCHIVE_WRITEBACK_INTERVAL if kick else ARCHIVE_FLUSH_INTERVAL):
             if self.unsynced < ARCHIVE_FLUSH_BYTES:
                 continue
-            self.unsynced = 0
+            sync = not kick or time.monotonic() - synced_at >= ARCHIVE_FLUSH_INTERVAL
+            if sync:
+                self.unsynced, synced_at = 0, time.monotonic()
             with self._lock:
-                handles = [self.handle] + self.companions
-            for handle in handles:
+                files = [(self.handle, lambda: 0)] + self.companions
+            for handle, written in files:
+                if self.stopped.is_set():  # finish() waits for this loop, then fsyncs the archive itself
+                    break
                 try:
-                    os.fsync(handle.fileno())
+                    if kick and handle is self.handle:
+                        os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+                    elif kick and written() > 0:  # a length of 0 would mean the whole file
+                        os.posix_fadvise(handle.fileno(), 0, written(), os.POSIX_FADV_DONTNEED)
+                    if sync and (handle is not self.handle or not kick):
+                        os.fsync(handle.fileno())
                 except (OSError, ValueError):  # closed or failing: finish() reports real errors
                     continue
 
     def _close_companions(self) -> None:
         with self._lock:
             companions, self.companions = self.companions, []
-        for handle in companions:
+        for handle, _ in companions:
             with contextlib.suppress(OSError):
                 handle.close()
 
@@ -2709,9 +2839,7 @@ class ArchiveSink:
 
     def _write_at(self, offset: int, data: bytes) -> None:
         self.handle.seek(offset)
-        view = memoryview(data)
-        while view:
-            view = view[self.handle.write(view):]
+        write_fully(self.handle, data)
 
     def feed(self, digest: str, offset: int, data: bytes) -> None:
         """Place bytes of a blob that were just hashed, from its first byte on, in order."""

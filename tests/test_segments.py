@@ -105,20 +105,25 @@ def test_ignored_range_falls_back_to_one_connection(registry, tmp_path, capsys):
     assert_complete_archive(tmp_path, image)
 
 
+def leave_partial_ranges(directory: Path, layer: str, data: bytes, segments, done) -> None:
+    """Write the blob.part and segments.json that an interrupted run leaves behind."""
+    folder = directory / "team_app_layers" / layer.replace(":", "_")
+    folder.mkdir(parents=True)
+    part = bytearray(len(data))
+    for segment, written in zip(segments, done):
+        part[segment.start:segment.start + written] = data[segment.start:segment.start + written]
+    (folder / "blob.part").write_bytes(bytes(part))
+    state = {"size": len(data), "segments": [[s.start, s.end, d] for s, d in zip(segments, done)]}
+    (folder / "segments.json").write_text(json.dumps(state))
+
+
 def test_segments_resume_across_runs(registry, tmp_path, capsys):
     image = add_big_image(registry)
     layer, data = image["layer_digests"][0], image["layer_blobs"][0]
     size = len(data)
     segments = dip.plan_segments(size, 4)
     done = [0, 5 * MIB, segments[2].end - segments[2].start, 1234567]
-    folder = tmp_path / "team_app_layers" / layer.replace(":", "_")
-    folder.mkdir(parents=True)
-    part = bytearray(size)
-    for segment, written in zip(segments, done):
-        part[segment.start:segment.start + written] = data[segment.start:segment.start + written]
-    (folder / "blob.part").write_bytes(bytes(part))
-    state = {"size": size, "segments": [[s.start, s.end, d] for s, d in zip(segments, done)]}
-    (folder / "segments.json").write_text(json.dumps(state))
+    leave_partial_ranges(tmp_path, layer, data, segments, done)
 
     result = pull(capsys, tmp_path, "%s/team/app:v1" % registry.host, "-t", "4")
     assert result.status == 0, result.stderr
@@ -236,3 +241,137 @@ def test_config_proxy_used(registry, tmp_path, capsys):
     assert "Connection refused" in result.stderr or "ProxyError" in result.stderr or "proxy" in result.stderr.lower()
     (tmp_path / "config.ini").write_text("[network]\nproxy = ftp://127.0.0.1:9\n")
     assert pull(capsys, tmp_path, "%s/team/app:v1" % registry.host).status == 2
+
+
+# -- how ranges are shared, split and written ----------------------------------------------
+
+
+class RecordingFile:
+    """A file stand-in that records the size of each write and accepts at most ``accept`` bytes."""
+
+    def __init__(self, accept: int) -> None:
+        self.accept = accept
+        self.sizes = []
+        self.data = bytearray()
+
+    def write(self, data) -> int:
+        self.sizes.append(len(data))
+        accepted = bytes(data[:self.accept])
+        self.data += accepted
+        return len(accepted)
+
+
+def test_write_fully_caps_each_call():
+    data = random.Random(SEED).randbytes(3 * dip.WRITE_SIZE + 123)
+    handle = RecordingFile(accept=dip.WRITE_SIZE)
+    dip.write_fully(handle, data)
+    assert bytes(handle.data) == data
+    assert max(handle.sizes) == dip.WRITE_SIZE
+
+
+def test_write_fully_finishes_partial_writes():
+    data = random.Random(SEED).randbytes(dip.WRITE_SIZE + 5)
+    handle = RecordingFile(accept=1000)
+    dip.write_fully(handle, data)
+    assert bytes(handle.data) == data
+
+
+def descriptor(size: int, name: str) -> dip.Descriptor:
+    return dip.Descriptor("application/vnd.oci.image.layer.v1.tar+gzip", "sha256:" + name * 64, size)
+
+
+def test_ranges_shared_by_blob_size():
+    blobs = [descriptor(300 * MIB, "a"), descriptor(100 * MIB, "b"), descriptor(1 * MIB, "c")]
+    counts = dip.share_ranges(blobs, 4)
+    # 8 ranges for 400 MiB of large blobs; the 1 MiB blob is never split.
+    assert counts == {blobs[0].digest: 6, blobs[1].digest: 2}
+
+
+def test_single_blob_gets_all_ranges():
+    blob = descriptor(500 * MIB, "a")
+    assert dip.share_ranges([blob], 12) == {blob.digest: 24}
+
+
+def test_large_layers_share_the_ranges(registry, tmp_path, capsys):
+    image = registry.add_image("team/app", "v1", [big_layer(40 * MIB), big_layer(40 * MIB, 2)], media="oci", compress=False)
+    result = pull(capsys, tmp_path, "%s/team/app:v1" % registry.host, "-t", "2")
+    assert result.status == 0, result.stderr
+    # 2 x 2 ranges for both layers, instead of 4 for each.
+    for layer in image["layer_digests"]:
+        gets = blob_gets(registry, layer)
+        assert [get.header("Range") is not None for get in gets] == [True, True]
+    assert_complete_archive(tmp_path, image)
+
+
+def test_layer_with_one_range_fetched_whole(registry, tmp_path, capsys):
+    image = registry.add_image("team/app", "v1", [big_layer(24 * MIB), big_layer(24 * MIB, 2)], media="oci", compress=False)
+    result = pull(capsys, tmp_path, "%s/team/app:v1" % registry.host, "-t", "1")
+    assert result.status == 0, result.stderr
+    for layer in image["layer_digests"]:
+        (get,) = blob_gets(registry, layer)
+        assert get.header("Range") is None
+    assert_complete_archive(tmp_path, image)
+
+
+def test_saved_ranges_resume_despite_share(registry, tmp_path, capsys):
+    image = registry.add_image("team/app", "v1", [big_layer(40 * MIB), big_layer(40 * MIB, 2)], media="oci", compress=False)
+    layer, data = image["layer_digests"][0], image["layer_blobs"][0]
+    size = len(data)
+    segments = dip.plan_segments(size, 4)
+    done = [segments[0].end - segments[0].start, 3 * MIB, 0, 7 * MIB]
+    leave_partial_ranges(tmp_path, layer, data, segments, done)
+
+    # With -t 1 each layer's share is one range, but the saved ranges are resumed, not discarded.
+    result = pull(capsys, tmp_path, "%s/team/app:v1" % registry.host, "-t", "1")
+    assert result.status == 0, result.stderr
+    gets = blob_gets(registry, layer)
+    assert sum(r.body_bytes for r in gets) == size - sum(done)
+    assert_complete_archive(tmp_path, image)
+
+
+def test_idle_connection_splits_slow_range(registry, tmp_path, capsys):
+    image = add_big_image(registry)
+    layer, size = image["layer_digests"][0], len(image["layer_blobs"][0])
+    planned = [segment.start for segment in dip.plan_segments(size, 6)]
+    # The first range requested stalls after 1 MiB. The other connections finish the other
+    # ranges and then take halves of what the stalled one has left.
+    registry.fault("stall", "/blobs/" + layer, after_bytes=MIB, seconds=1.5)
+    result = pull(capsys, tmp_path, "%s/team/app:v1" % registry.host, "-t", "3", "-v")
+    assert result.status == 0, result.stderr
+    starts = [start for start, _ in ranges(blob_gets(registry, layer))]
+    split_starts = [start for start in starts if start not in planned]
+    assert split_starts, "no range was split: %s" % starts
+    # Each split lands in the middle of a range, past the 1 MiB that the stalled one received.
+    bounds = list(zip(planned, planned[1:] + [size]))
+    for start in split_starts:
+        assert any(low + MIB < start < high for low, high in bounds), (start, bounds)
+    assert "Split the range" in result.log
+    assert_complete_archive(tmp_path, image)
+
+
+@pytest.mark.skipif(not hasattr(dip.os, "posix_fadvise"), reason="this OS has no posix_fadvise; the archive is fsynced instead")
+def test_writeback_for_hashed_bytes_only(registry, tmp_path, capsys, monkeypatch):
+    image = add_big_image(registry)
+    layer = image["layer_digests"][0]
+    calls = []
+    real_fadvise = dip.os.posix_fadvise
+
+    def recording_fadvise(fd, offset, length, advice):
+        calls.append((dip.os.readlink("/proc/self/fd/%d" % fd), offset, length, advice))
+        real_fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(dip.os, "posix_fadvise", recording_fadvise)
+    monkeypatch.setattr(dip, "ARCHIVE_WRITEBACK_INTERVAL", 0.01)
+    monkeypatch.setattr(dip, "ARCHIVE_FLUSH_BYTES", 1)
+    # A pause in the middle of the layer gives the flusher time to run.
+    registry.fault("stall", "/blobs/" + layer, after_bytes=4 * MIB, seconds=0.5)
+    result = pull(capsys, tmp_path, "%s/team/app:v1" % registry.host, "-t", "2")
+    assert result.status == 0, result.stderr
+    archive_calls = [call for call in calls if call[0].endswith(".tar.part")]
+    part_calls = [call for call in calls if call[0].endswith("blob.part")]
+    assert archive_calls
+    assert part_calls
+    assert {call[3] for call in calls} == {dip.os.POSIX_FADV_DONTNEED}
+    # Only the bytes already hashed and copied into the archive leave the page cache.
+    assert all(offset == 0 and length > 0 for _, offset, length, _ in part_calls)
+    assert_complete_archive(tmp_path, image)
