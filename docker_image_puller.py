@@ -2246,7 +2246,9 @@ class SegmentedDownload:
         self.descriptor = descriptor
         self.path = path
         self.state_path = downloader.store.segments_path(descriptor.digest)
-        self.condition = threading.Condition()
+        lock = threading.RLock()
+        self.condition = threading.Condition(lock)  # notified when bytes are written
+        self.idle = threading.Condition(lock)  # notified when a range ends or the download fails
         self.failure: Optional[BaseException] = None
         self.stop = threading.Event()
         self.segments: List[Segment] = []
@@ -2346,11 +2348,7 @@ class SegmentedDownload:
                     return segment
                 if not self.active or self.downloader.budget.waiting:
                     return None
-                self.condition.release()
-                try:
-                    self.stop.wait(SPLIT_CHECK_INTERVAL)
-                finally:
-                    self.condition.acquire()
+                self.idle.wait(SPLIT_CHECK_INTERVAL)
 
     def _split_slowest(self) -> Optional[Segment]:
         """Cut the active range that would take longest to finish in two; return the second half."""
@@ -2378,6 +2376,7 @@ class SegmentedDownload:
     def _finished(self, segment: Segment) -> None:
         with self.condition:
             self.active = [other for other in self.active if other is not segment]
+            self.idle.notify_all()
 
     def _work(self, helpers: List[threading.Thread]) -> None:
         """Download ranges in this thread, and start helpers while the budget has room."""
@@ -2418,6 +2417,7 @@ class SegmentedDownload:
             if self.failure is None or isinstance(self.failure, Cancelled):
                 self.failure = error
             self.condition.notify_all()
+            self.idle.notify_all()
 
     def _fetch(self, segment: Segment) -> None:
         client = self.client

@@ -4,6 +4,7 @@ import json
 import random
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -346,6 +347,20 @@ def test_idle_connection_splits_slow_range(registry, tmp_path, capsys):
     for start in split_starts:
         assert any(low + MIB < start < high for low, high in bounds), (start, bounds)
     assert "Split the range" in result.log
+    assert_complete_archive(tmp_path, image)
+
+
+def test_idle_connections_wake_when_ranges_end(registry, tmp_path, monkeypatch):
+    image = add_big_image(registry)
+    # Idle connections look for a range to split at this interval, and must also wake
+    # when the last range ends: with an hour here, a missed wake-up shows as a hang.
+    monkeypatch.setattr(dip, "SPLIT_CHECK_INTERVAL", 3600)
+    statuses = []
+    arguments = ["%s/team/app:v1" % registry.host, "-t", "4", "-q", "-d", str(tmp_path)]
+    worker = threading.Thread(target=lambda: statuses.append(dip.main(arguments)), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert statuses == [0]
     assert_complete_archive(tmp_path, image)
 
 
