@@ -1829,6 +1829,7 @@ class BlobDownloader:
         self.budget = budget or ConnectionBudget(1)
         self.sink: Optional["ArchiveSink"] = None  # the archive being written while blobs arrive
         self.range_counts: Dict[str, int] = {}  # digest -> byte ranges for that blob (see share_ranges)
+        self.prefetch = RangePrefetch(client, self.budget)  # range requests sent before the config was checked
 
     def fetch(self, descriptor: Descriptor) -> str:
         """Return the path of the verified blob, downloading what is missing."""
@@ -1841,8 +1842,11 @@ class BlobDownloader:
             raise local_error(Text("Preparing"), folder, error) from error
         # Another process pulling an image with this blob into the same folder waits
         # here, and then finds the blob finished and verified.
-        with locked(os.path.join(folder, LOCK_FILE), self.client.cancel):
-            return self._fetch_locked(descriptor, folder)
+        try:
+            with locked(os.path.join(folder, LOCK_FILE), self.client.cancel):
+                return self._fetch_locked(descriptor, folder)
+        finally:
+            self.prefetch.drop(descriptor.digest)
 
     def fetch_with_connection(self, descriptor: Descriptor) -> str:
         """Fetch a blob while holding one connection of the -t budget."""
@@ -1909,6 +1913,7 @@ class BlobDownloader:
             except RangeIgnored:
                 self.client.ranges_ignored = True
                 LOGGER.warning(Text("The registry {registry} ignores Range requests; blob {digest} is downloaded over one connection.", registry=self.client.host, digest=descriptor.digest))
+        self.prefetch.drop(descriptor.digest)
         try:
             part = PartFile.open(path, descriptor)
             part.sink, part.blob_digest = self.sink, descriptor.digest
@@ -2230,6 +2235,123 @@ def load_segments(path: str, size: int) -> Optional[List[Segment]]:
     return segments if state.get("size") == size and expected_start == size else None
 
 
+class RangePrefetch:
+    """The first range requests of a pull, sent while the image config is fetched and checked.
+
+    The config must be checked before any layer is written, and fetching it takes a round
+    trip. Sending the first ranges' requests meanwhile hides that round trip and the setup
+    of their connections. Nothing is read from the responses or written to disk until a
+    download takes them with take(), after the check.
+
+    Each request takes one connection from the -t budget. The blob's download passes
+    that connection on to a helper thread with give_connection(), and drop() returns the
+    ones the blob did not use, for example when the config is rejected or the registry
+    ignores Range.
+    """
+
+    def __init__(self, client: RegistryClient, budget: "ConnectionBudget") -> None:
+        self.client = client
+        self.budget = budget
+        self._lock = threading.Lock()
+        self._requests: Dict[Tuple[str, int, int], threading.Thread] = {}
+        self._responses: Dict[Tuple[str, int, int], requests.Response] = {}
+        self._connections: Dict[str, int] = {}  # digest -> budget connections taken for it
+        self._dropped: set = set()  # digests whose responses are no longer wanted
+
+    def start(self, digest: str, start: int, end: int) -> bool:
+        """Request bytes start to end - 1 of a blob in a thread of its own, if the budget allows."""
+        if not self.budget.try_acquire():
+            return False
+        key = (digest, start, end)
+        with self._lock:
+            self._connections[digest] = self._connections.get(digest, 0) + 1
+            thread = threading.Thread(target=self._request, args=(key,), name="blob-prefetch", daemon=True)
+            self._requests[key] = thread
+        thread.start()
+        return True
+
+    def _request(self, key: Tuple[str, int, int]) -> None:
+        digest, start, end = key
+        # The connection ends with this response: the thread that takes it fetches its next
+        # ranges over its own connection, and an idle one here would exceed -t.
+        headers = {"Accept-Encoding": "identity", "Range": "bytes=%d-%d" % (start, end - 1), "Connection": "close"}
+        phase = Text("Downloading blob {digest} of {image}", digest=digest, image=self.client.reference.name)
+        no_retries = RetryBudget(dataclasses.replace(self.client.options, retries=0), self.client.cancel)
+        try:
+            response = self.client.send_with_retries("GET", self.client.blob_url(digest), headers=headers, phase=phase, retry=no_retries)
+        except (PullerError, Cancelled) as error:  # the download sends its own request later
+            LOGGER.debug("Requesting bytes %d-%d of %s early failed: %s", start, end - 1, digest, error)
+            return
+        with self._lock:
+            if digest not in self._dropped:
+                self._responses[key] = response
+                return
+        response.close()
+
+    def take(self, digest: str, start: int, end: int) -> Optional[requests.Response]:
+        """Return the response for exactly this range once it has arrived, or None."""
+        with self._lock:
+            thread = self._requests.pop((digest, start, end), None)
+        if thread is None:
+            return None
+        thread.join()
+        with self._lock:
+            return self._responses.pop((digest, start, end), None)
+
+    def give_connection(self, digest: str) -> bool:
+        """Pass one budget connection taken for this blob to the caller, who releases it later."""
+        with self._lock:
+            if not self._connections.get(digest):
+                return False
+            self._connections[digest] -= 1
+            return True
+
+    def drop(self, digest: str) -> None:
+        """Close the responses of this blob that no download took, and return its connections to the budget."""
+        with self._lock:
+            self._dropped.add(digest)
+            unused = self._connections.pop(digest, 0)
+            keys = [key for key in self._responses if key[0] == digest]
+            responses = [self._responses.pop(key) for key in keys]
+        for response in responses:
+            response.close()
+        for _ in range(unused):
+            self.budget.release()
+
+    def close(self) -> None:
+        with self._lock:
+            digests = set(self._connections) | {key[0] for key in self._responses}
+        for digest in digests:
+            self.drop(digest)
+
+
+def prefetch_first_ranges(downloader: "BlobDownloader", layers: Sequence[Descriptor], threads: int) -> RangePrefetch:
+    """Send the requests for the first ranges that download_blobs() will fetch.
+
+    Only blobs with nothing on disk yet are planned here, so that their ranges are the
+    ones SegmentedDownload plans. At most threads - 1 requests are sent, so that the
+    first blob's download still finds a connection in the budget.
+    """
+    prefetch = RangePrefetch(downloader.client, downloader.budget)
+    if downloader.client.ranges_ignored:
+        return prefetch
+    store = downloader.store
+    fresh = [
+        layer for layer in {layer.digest: layer for layer in layers}.values()
+        if not os.path.exists(store.blob_path(layer.digest)) and not os.path.exists(store.part_path(layer.digest))
+    ]
+    counts = share_ranges(fresh, threads)
+    planned = [
+        (layer.digest, segment)
+        for layer in fresh if counts.get(layer.digest, 1) > 1
+        for segment in plan_segments(layer.size, counts[layer.digest])
+    ]
+    for digest, segment in planned[:threads - 1]:
+        if not prefetch.start(digest, segment.start, segment.end):
+            break
+    return prefetch
+
+
 class SegmentedDownload:
     """One blob fetched as several byte ranges at once, all within the run's -t budget.
 
@@ -2386,7 +2508,8 @@ class SegmentedDownload:
                 return
             with self.condition:
                 spare = len(self.pending)
-            while spare > 0 and self.downloader.budget.try_acquire():
+            prefetch = self.downloader.prefetch
+            while spare > 0 and (prefetch.give_connection(self.descriptor.digest) or self.downloader.budget.try_acquire()):
                 helper = threading.Thread(target=self._help, name="blob-range", daemon=True)
                 helpers.append(helper)
                 helper.start()
@@ -2430,7 +2553,9 @@ class SegmentedDownload:
                     return
                 headers = {"Accept-Encoding": "identity", "Range": "bytes=%d-%d" % (segment.position, segment.end - 1)}
                 try:
-                    response = client.send_with_retries("GET", url, headers=headers, phase=phase, retry=retry, accept_statuses=(416,))
+                    response = self.downloader.prefetch.take(self.descriptor.digest, segment.position, segment.end)
+                    if response is None:
+                        response = client.send_with_retries("GET", url, headers=headers, phase=phase, retry=retry, accept_statuses=(416,))
                     with contextlib.closing(response):
                         reject_html_blob(response, phase)
                         if response.status_code == 200:
@@ -3286,9 +3411,13 @@ def fetch_from(reference: Reference, source: Reference, scheme: Optional[str], s
         with Progress(settings.show_progress, total, reference.familiar_name, log_lines=settings.log_progress) as progress:
             downloader = BlobDownloader(client, store, progress, ConnectionBudget(settings.threads))
             downloader.sink = sink
-            config_path = downloader.fetch(image.config)
-            platform = check_config(load_config_blob(config_path, image.config), image, settings.platform if settings.platform_explicit else None)
-            paths = download_blobs(downloader, image.layers, settings.threads)
+            downloader.prefetch = prefetch_first_ranges(downloader, image.layers, settings.threads)
+            try:
+                config_path = downloader.fetch(image.config)
+                platform = check_config(load_config_blob(config_path, image.config), image, settings.platform if settings.platform_explicit else None)
+                paths = download_blobs(downloader, image.layers, settings.threads)
+            finally:
+                downloader.prefetch.close()
         paths[image.config.digest] = config_path
         return FetchedImage(reference, image, platform, paths, store, total, sink, lock)
     except BaseException:

@@ -154,6 +154,7 @@ class RequestRecord:
     status: Optional[int] = None
     body_bytes: int = 0
     fault: Optional[str] = None
+    received: float = field(default_factory=time.monotonic)  # when the request line arrived
 
     def header(self, name: str) -> Optional[str]:
         """Return a request header value, matching the name case-insensitively."""

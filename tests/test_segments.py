@@ -331,7 +331,8 @@ def test_saved_ranges_resume_despite_share(registry, tmp_path, capsys):
 
 
 def test_idle_connection_splits_slow_range(registry, tmp_path, capsys):
-    image = add_big_image(registry)
+    # One layer only: an idle connection gives way to another blob waiting for one.
+    image = registry.add_image("team/app", "v1", [big_layer(40 * MIB)], media="oci", compress=False)
     layer, size = image["layer_digests"][0], len(image["layer_blobs"][0])
     planned = [segment.start for segment in dip.plan_segments(size, 6)]
     # The first range requested stalls after 1 MiB. The other connections finish the other
@@ -389,4 +390,51 @@ def test_writeback_for_hashed_bytes_only(registry, tmp_path, capsys, monkeypatch
     assert {call[3] for call in calls} == {dip.os.POSIX_FADV_DONTNEED}
     # Only the bytes already hashed and copied into the archive leave the page cache.
     assert all(offset == 0 and length > 0 for _, offset, length, _ in part_calls)
+    assert_complete_archive(tmp_path, image)
+
+
+# -- ranges requested while the config is checked -------------------------------------------
+
+
+def test_first_ranges_requested_during_config(registry, tmp_path, capsys):
+    image = add_big_image(registry)
+    layer, size = image["layer_digests"][0], len(image["layer_blobs"][0])
+    config = image["config_digest"]
+    registry.fault("stall", "/blobs/" + config, seconds=1.0)
+    result = pull(capsys, tmp_path, "%s/team/app:v1" % registry.host, "-t", "4")
+    assert result.status == 0, result.stderr
+    (config_get,) = blob_gets(registry, config)
+    layer_gets = blob_gets(registry, layer)
+    early = [get for get in layer_gets if get.received < config_get.received + 0.8]
+    # -t 4: three ranges are requested while the config is stalled, and the fourth
+    # connection is left for the blob's own download.
+    assert len(early) == 3
+    # Each early response is used: no byte is requested twice.
+    assert sum(get.body_bytes for get in layer_gets) == size
+    assert_complete_archive(tmp_path, image)
+
+
+def test_rejected_config_writes_no_layer(registry, tmp_path, capsys):
+    image = registry.add_image(
+        "team/app", "v1", [big_layer(40 * MIB)], media="oci", compress=False,
+        config_extra={"rootfs": {"type": "layers", "diff_ids": []}},
+    )
+    layer = image["layer_digests"][0]
+    result = pull(capsys, tmp_path, "%s/team/app:v1" % registry.host, "-t", "4")
+    assert result.status == 1
+    assert "diff IDs" in result.stderr
+    assert blob_gets(registry, layer), "no range was requested before the config was checked"
+    assert not (tmp_path / "team_app_layers" / layer.replace(":", "_")).exists()
+    assert not list(tmp_path.glob("*.tar*"))
+
+
+def test_failed_early_range_requested_again(registry, tmp_path, capsys):
+    image = add_big_image(registry)
+    layer, size = image["layer_digests"][0], len(image["layer_blobs"][0])
+    registry.fault("status", "/blobs/" + layer, status=503)
+    result = pull(capsys, tmp_path, "%s/team/app:v1" % registry.host, "-t", "4")
+    assert result.status == 0, result.stderr
+    gets = blob_gets(registry, layer)
+    assert [get.status for get in gets].count(503) == 1
+    assert sum(get.body_bytes for get in gets if get.status == 206) == size
     assert_complete_archive(tmp_path, image)
