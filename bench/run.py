@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated scenarios to run: " + ", ".join(SCENARIOS),
     )
     parser.add_argument("--repeats", type=int, default=2, help="runs of each command per scenario")
+    parser.add_argument(
+        "--warmup", type=int, default=1,
+        help="unmeasured runs of each command before the measured ones, in the loopback scenario",
+    )
     parser.add_argument("--rate", type=float, default=8.0, help="shaped link: MB/s per connection")
     parser.add_argument("--total-rate", type=float, default=80.0, help="shaped link: MB/s for all connections together")
     parser.add_argument("--delay", type=float, default=30.0, help="shaped link: delay each way in milliseconds")
@@ -278,8 +282,9 @@ class Bench:
             record.relay_max_open_connections = int(relay_stats.get("max_open_connections", 0))  # type: ignore[arg-type]
             record.relay_connection_log = relay_stats.get("connection_log")  # type: ignore[assignment]
             record.last_byte_seconds = _last_byte_seconds(relay_stats, started, link)
-        report.records.append(record)
-        self.records.append(record)
+        if repeat > 0:  # repeat 0 is a warm-up run, which is not measured
+            report.records.append(record)
+            self.records.append(record)
         self._print_progress(record)
         self._clean_up(record)
         return record
@@ -287,8 +292,8 @@ class Bench:
     def _print_progress(self, record: RunRecord) -> None:
         status = "ok" if record.ok else "FAILED: " + (record.failure or "")
         print(
-            "[%s, repeat %d] %s: %.2f s, %.1f MB/s, CPU %.2f s, peak RSS %.0f MiB, other CPU %.2f s, %s"
-            % (record.scenario, record.repeat, record.label, record.wall_seconds, record.throughput,
+            "[%s, %s] %s: %.2f s, %.1f MB/s, CPU %.2f s, peak RSS %.0f MiB, other CPU %.2f s, %s"
+            % (record.scenario, "repeat %d" % record.repeat if record.repeat else "warm-up", record.label, record.wall_seconds, record.throughput,
                record.cpu_seconds, record.max_rss_mib, record.other_cpu_seconds or 0.0, status),
             file=sys.stderr,
             flush=True,
@@ -435,6 +440,12 @@ def describe_repeats(repeats: int) -> str:
     return "%d runs of each command, in turns (ABAB)" % repeats
 
 
+def describe_warmup(warmup: int) -> str:
+    if warmup == 0:
+        return "no warm-up run"
+    return "%d unmeasured warm-up run%s of each" % (warmup, "" if warmup == 1 else "s")
+
+
 def scenario_relay(bench: Bench) -> ScenarioReport:
     image = bench.images["single"]
     ranges = bench.args.ranges
@@ -461,8 +472,8 @@ def scenario_loopback(bench: Bench) -> ScenarioReport:
     report = ScenarioReport(
         "loopback",
         "(a) Loopback, bench/big:v1 (1 GiB in 4 layers)",
-        "Straight to the registry on 127.0.0.1, no relay; %s; payload %.1f MB."
-        % (describe_repeats(bench.args.repeats), image.image_bytes / 1e6),
+        "Straight to the registry on 127.0.0.1, no relay; %s, after %s; payload %.1f MB."
+        % (describe_repeats(bench.args.repeats), describe_warmup(bench.args.warmup), image.image_bytes / 1e6),
     )
     report.ratios = [(bench.tool_label(threads), "skopeo copy")]
     report.notes = [
@@ -470,7 +481,10 @@ def scenario_loopback(bench: Bench) -> ScenarioReport:
         "one after another and writes each one twice: to a temporary file, then into the archive. This tool stores "
         "the gzip blobs as downloaded." % (image.image_bytes / 1e6),
     ]
-    for repeat in range(1, bench.args.repeats + 1):
+    # The first pulls after the images were pushed were up to three times slower than
+    # the next ones, with several times the CPU time, for whichever program ran first.
+    repeats = [0] * bench.args.warmup + list(range(1, bench.args.repeats + 1))
+    for repeat in repeats:
         bench.run_tool(report, repeat, image, threads, None)
         bench.run_skopeo(report, repeat, image, None)
     return report
@@ -587,6 +601,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if value < 1:
             print("error: invalid %s %d: must be at least 1" % (option, value), file=sys.stderr)
             return 2
+    if args.warmup < 0:
+        print("error: invalid --warmup %d: must be 0 or more" % args.warmup, file=sys.stderr)
+        return 2
     problems = check_programs(args.scenarios, args.tool)
     if problems:
         for problem in problems:
