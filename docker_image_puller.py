@@ -2136,6 +2136,7 @@ class ConnectionBudget:
         self._semaphore = threading.Semaphore(threads)
         self._lock = threading.Lock()
         self.waiting = 0  # downloads blocked in acquire()
+        self._ranged: List["SegmentedDownload"] = []  # blobs in ranges that may take more connections
 
     def try_acquire(self) -> bool:
         return self._semaphore.acquire(blocking=False)
@@ -2154,7 +2155,27 @@ class ConnectionBudget:
                 self.waiting -= 1
 
     def release(self) -> None:
+        """Return a connection: to a blob waiting to start, else to a blob with ranges waiting."""
+        with self._lock:
+            ranged = [] if self.waiting else list(self._ranged)
+        for download in ranged:
+            if download.take_connection():
+                return
         self._semaphore.release()
+
+    def add_ranged(self, download: "SegmentedDownload") -> None:
+        with self._lock:
+            self._ranged.append(download)
+
+    def remove_ranged(self, download: "SegmentedDownload") -> None:
+        with self._lock:
+            self._ranged = [other for other in self._ranged if other is not download]
+
+    def ranges_waiting(self, besides: "SegmentedDownload") -> bool:
+        """Tell whether another blob has ranges that wait for a connection."""
+        with self._lock:
+            ranged = [download for download in self._ranged if download is not besides]
+        return any(download.has_pending() for download in ranged)
 
 
 class RateLimiter:
@@ -2376,6 +2397,8 @@ class SegmentedDownload:
         self.segments: List[Segment] = []
         self.pending: List[Segment] = []
         self.active: List[Segment] = []  # ranges a connection is fetching now
+        self.helpers: List[threading.Thread] = []  # threads fetching ranges besides the blob's own
+        self.accepting_helpers = True  # False once run() waits for the helpers to end
         self.hashed = 0  # bytes from the start of the blob that went through the hasher
         self.save_lock = threading.Lock()
         self.saved_at = 0.0
@@ -2431,14 +2454,20 @@ class SegmentedDownload:
             raise local_error(Text("Opening"), self.path, error) from error
         hasher = hashlib.new(self.descriptor.algorithm)
         hashing = threading.Thread(target=self._hash, args=(hasher,), name="blob-hash", daemon=True)
-        helpers: List[threading.Thread] = []
+        budget = self.downloader.budget
         with self.downloader.progress.blob_bar(self.descriptor, sum(s.done for s in self.segments)) as bar:
             self.bar = bar
             hashing.start()
+            budget.add_ranged(self)
             try:
-                self._work(helpers)
+                self._work()
             except BaseException as error:  # Ctrl-C in this thread: stop the helpers too
                 self._fail(error)
+            finally:
+                budget.remove_ranged(self)
+                with self.condition:
+                    self.accepting_helpers = False
+                    helpers = list(self.helpers)
             for helper in helpers:
                 helper.join()
             if self.failure is not None:
@@ -2458,18 +2487,24 @@ class SegmentedDownload:
         Splitting keeps connections busy to the end, instead of leaving one slow
         connection to finish its range alone. A stalled connection keeps the first half
         until it resumes or its read times out. An idle connection waits for a range worth
-        splitting while others are running, unless another blob waits for a connection.
+        splitting while others are running, unless another blob waits for a connection or
+        has ranges waiting for one: then this connection ends and its budget goes there.
         """
         with self.condition:
             while True:
                 if self.failure is not None or self.client.cancel.is_set():
                     return None
-                segment = self.pending.pop(0) if self.pending else self._split_slowest()
+                budget = self.downloader.budget
+                if self.pending:
+                    segment = self.pending.pop(0)
+                elif not self.active or budget.waiting or budget.ranges_waiting(self):
+                    # Another blob's ranges that have not started go before a split here.
+                    return None
+                else:
+                    segment = self._split_slowest()
                 if segment is not None:
                     self.active.append(segment)
                     return segment
-                if not self.active or self.downloader.budget.waiting:
-                    return None
                 self.idle.wait(SPLIT_CHECK_INTERVAL)
 
     def _split_slowest(self) -> Optional[Segment]:
@@ -2500,7 +2535,29 @@ class SegmentedDownload:
             self.active = [other for other in self.active if other is not segment]
             self.idle.notify_all()
 
-    def _work(self, helpers: List[threading.Thread]) -> None:
+    def has_pending(self) -> bool:
+        # Read without the condition: callers hold another download's condition, and a
+        # stale answer only delays the hand-over of a connection.
+        return bool(self.pending) and self.failure is None
+
+    def take_connection(self) -> bool:
+        """Start a helper with a connection that another download gave up, if a range waits for one.
+
+        The helper releases the connection when it ends.
+        """
+        with self.condition:
+            if not self.accepting_helpers or not self.pending or self.failure is not None:
+                return False
+            self._start_helper()
+            return True
+
+    def _start_helper(self) -> None:
+        """Start a helper thread; the caller holds the condition and a connection for it."""
+        helper = threading.Thread(target=self._help, name="blob-range", daemon=True)
+        self.helpers.append(helper)
+        helper.start()
+
+    def _work(self) -> None:
         """Download ranges in this thread, and start helpers while the budget has room."""
         while True:
             segment = self._next_segment()
@@ -2510,9 +2567,8 @@ class SegmentedDownload:
                 spare = len(self.pending)
             prefetch = self.downloader.prefetch
             while spare > 0 and (prefetch.give_connection(self.descriptor.digest) or self.downloader.budget.try_acquire()):
-                helper = threading.Thread(target=self._help, name="blob-range", daemon=True)
-                helpers.append(helper)
-                helper.start()
+                with self.condition:
+                    self._start_helper()
                 spare -= 1
             self._fetch_guarded(segment)
 

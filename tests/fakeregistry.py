@@ -155,6 +155,7 @@ class RequestRecord:
     body_bytes: int = 0
     fault: Optional[str] = None
     received: float = field(default_factory=time.monotonic)  # when the request line arrived
+    finished: Optional[float] = None  # when the whole body had been handed to the socket
 
     def header(self, name: str) -> Optional[str]:
         """Return a request header value, matching the name case-insensitively."""
@@ -598,6 +599,7 @@ class _Handler(BaseHTTPRequestHandler):
             sent += len(payload)
             if response.chunked and response.send_limit is None:
                 self.wfile.write(b"0\r\n\r\n")
+            record.finished = time.monotonic()
         except OSError:
             record.body_bytes = sent
             raise

@@ -438,3 +438,24 @@ def test_failed_early_range_requested_again(registry, tmp_path, capsys):
     assert [get.status for get in gets].count(503) == 1
     assert sum(get.body_bytes for get in gets if get.status == 206) == size
     assert_complete_archive(tmp_path, image)
+
+
+def test_released_connection_goes_to_waiting_ranges(registry, tmp_path):
+    image = registry.add_image("team/app", "v1", [big_layer(64 * MIB), big_layer(32 * MIB, 2)], media="oci", compress=False)
+    small = image["layer_digests"][1]
+    host, port = registry.host.split(":")
+    relay = ThrottlingRelay((host, int(port)), rate=4e6)
+    try:
+        result = run_puller(["%s/team/app:v1" % relay.host, "-d", str(tmp_path), "-t", "4", "-q"])
+    finally:
+        relay.close()
+    assert result.returncode == 0, result.stderr
+    # -t 4 shares 8 ranges: 5 for the 64 MiB layer and 3 for the 32 MiB one. The large
+    # layer takes the connections first. Each connection it frees while the small layer
+    # has ranges waiting must go to the small layer, so its second range starts before
+    # its first has finished.
+    # A split at the end may add a fourth request.
+    gets = sorted(blob_gets(registry, small), key=lambda get: get.received)
+    assert len(gets) >= 3
+    assert gets[0].finished is not None
+    assert gets[1].received < gets[0].finished, [(get.received, get.finished) for get in gets]
