@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import datetime
 import email.utils
+import errno
 import glob
 import hashlib
 import io
@@ -1342,13 +1343,15 @@ def is_scheme_mismatch(error: RegistryError) -> bool:
 def short_error(error: BaseException) -> str:
     """Describe a transport exception in one line, without urllib3's nested reprs."""
     text = str(error)
-    errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
-    if errno:
-        return errno.group(1).strip()
+    numbered = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if numbered:
+        return numbered.group(1).strip()
     for phrase in ("Read timed out", "Connection broken", "IncompleteRead", "Connection aborted"):
         if phrase in text:
             found = re.search(re.escape(phrase) + r"[^'\"]*", text)
-            return found.group(0).rstrip(" .,:(") if found else phrase
+            # "Read timed out. (read timeout=3.0)" loses its inner full stop, because the
+            # messages that quote it end with one.
+            return found.group(0).replace(". (", " (").rstrip(" .,:(") if found else phrase
     return text[:300] or type(error).__name__
 
 
@@ -1596,10 +1599,11 @@ def write_fully(handle, data) -> None:
 
 
 def local_error(action: Text, path: str, error: OSError) -> LocalFileError:
-    return LocalFileError(
-        Text("{action} {path} failed: {error}.", action=action, path=path, error=error.strerror or error),
-        Text("Free disk space or fix the folder's permissions, then run the same command again; verified downloads are kept."),
-    )
+    if error.errno == errno.EPIPE:
+        hint = Text("The program reading the output stopped early; check it, then run the same command again; verified downloads are kept.")
+    else:
+        hint = Text("Free disk space or fix the folder's permissions, then run the same command again; verified downloads are kept.")
+    return LocalFileError(Text("{action} {path} failed: {error}.", action=action, path=path, error=error.strerror or error), hint)
 
 
 LOCK_POLL_SECONDS = 0.2
@@ -1976,12 +1980,12 @@ class BlobDownloader:
                     return
         except TRANSIENT_ERRORS as error:
             raise RegistryError(
-                Text("{phase} failed after {offset} of {size} bytes: {error}.", phase=phase, offset=part.offset, size=descriptor.size, error=short_error(error)),
+                Text("{phase} failed at byte {offset} of {size}: {error}.", phase=phase, offset=part.offset, size=descriptor.size, error=short_error(error)),
                 NETWORK_HINT, url=response.url,
             ) from error
         if part.offset < descriptor.size:
             raise RegistryError(
-                Text("{phase} failed: the connection closed after {offset} of {size} bytes.", phase=phase, offset=part.offset, size=descriptor.size),
+                Text("{phase} failed: the connection closed at byte {offset} of {size}.", phase=phase, offset=part.offset, size=descriptor.size),
                 NETWORK_HINT, url=response.url,
             )
 
@@ -2648,11 +2652,11 @@ class SegmentedDownload:
                     return
         except TRANSIENT_ERRORS as error:
             raise RegistryError(
-                Text("{phase} failed after {offset} of {size} bytes: {error}.", phase=phase, offset=segment.position, size=self.descriptor.size, error=short_error(error)),
+                Text("{phase} failed at byte {offset} of {size}: {error}.", phase=phase, offset=segment.position, size=self.descriptor.size, error=short_error(error)),
                 NETWORK_HINT, url=response.url,
             ) from error
         raise RegistryError(
-            Text("{phase} failed: the connection closed after {offset} of {size} bytes.", phase=phase, offset=segment.position, size=self.descriptor.size),
+            Text("{phase} failed: the connection closed at byte {offset} of {size}.", phase=phase, offset=segment.position, size=self.descriptor.size),
             NETWORK_HINT, url=response.url,
         )
 
@@ -3558,6 +3562,7 @@ ZH_MESSAGES = {
     "The registry does not support this request.": "registry 不支持此请求。",
     "Check the image name and tag, and the registry.": "请检查镜像名、标签和 registry。",
     "The registry or a proxy served corrupted data; run the same command again, or try another mirror.": "registry 或代理返回了损坏的数据；请重新运行同一命令，或换一个镜像加速器。",
+    "The program reading the output stopped early; check it, then run the same command again; verified downloads are kept.": "读取输出的程序提前退出了；请检查该程序，然后重新运行同一命令；已校验的下载内容会保留。",
     "Free disk space or fix the folder's permissions, then run the same command again; verified downloads are kept.": "请释放磁盘空间或修正目录权限，然后重新运行同一命令；已校验的下载会保留。",
     "This tool pulls container images (Docker schema 2 and OCI); other artifacts need a tool such as oras.": "本工具只拉取容器镜像（Docker schema 2 和 OCI）；其他制品请用 oras 等工具。",
     "Choose one with --platform OS/ARCH[/VARIANT].": "请用 --platform OS/ARCH[/VARIANT] 选择一个。",
@@ -3644,8 +3649,8 @@ ZH_MESSAGES = {
     "{phase} failed: asked for bytes from {offset} but got Content-Range {content_range!r}.": "{phase} 失败：请求从第 {offset} 字节开始，却收到 Content-Range {content_range!r}。",
     "{phase} failed: the registry answered 416 to a request for bytes from {offset}.": "{phase} 失败：请求从第 {offset} 字节开始时 registry 返回 416。",
     "{phase} failed: HTTP 206 to a request without Range.": "{phase} 失败：未带 Range 的请求收到 HTTP 206。",
-    "{phase} failed: the connection closed after {offset} of {size} bytes.": "{phase} 失败：连接在 {offset}/{size} 字节后关闭。",
-    "{phase} failed after {offset} of {size} bytes: {error}.": "{phase} 在 {offset}/{size} 字节后失败：{error}。",
+    "{phase} failed: the connection closed at byte {offset} of {size}.": "{phase} 失败：连接在第 {offset} 字节处关闭（共 {size} 字节）。",
+    "{phase} failed at byte {offset} of {size}: {error}.": "{phase} 在第 {offset} 字节处失败（共 {size} 字节）：{error}。",
     "{url} sent blob {digest} from byte 0 instead of byte {offset}; starting it over.": "{url} 从第 0 字节而不是第 {offset} 字节发送 blob {digest}；从头开始。",
     "Blob {path} changed on disk after it was verified: got {count} bytes with digest {actual}, expected {digest}.": "blob {path} 在校验后被改动：读到 {count} 字节，digest 为 {actual}，应为 {digest}。",
     "Wrote {archive}: {reference} {digest} ({platform}, {size} bytes).": "已写入 {archive}：{reference} {digest}（{platform}，{size} 字节）。",
@@ -3746,7 +3751,8 @@ ZH_MESSAGES = {
     "No password for user {user}: pass it with --password-stdin or ${variable}; this tool never prompts.": "用户 {user} 没有密码：请用 --password-stdin 或 ${variable} 提供；本工具从不交互式提示。",
     "Invalid --threads {value}: expected 1 to {maximum}.": "无效的 --threads {value}：应为 1 到 {maximum}。",
     "Invalid --retry {value}: expected 0 or more.": "无效的 --retry {value}：应为 0 或更大。",
-    "Invalid --retry-delay or --timeout: expected a positive number of seconds.": "无效的 --retry-delay 或 --timeout：应为正数秒。",
+    "Invalid --retry-delay {value}: expected 0 or more seconds.": "无效的 --retry-delay {value}：应为 0 或更多秒。",
+    "Invalid --timeout {value}: expected a positive number of seconds.": "无效的 --timeout {value}：应为正数秒。",
     "--json and -o - both write to standard output; use one of them.": "--json 和 -o - 都要写标准输出；只能用其中一个。",
     "--password and --password-stdin exclude each other.": "--password 和 --password-stdin 不能同时使用。",
     "WARNING! Using --password on the command line is insecure: other users can read it. Use --password-stdin.": "警告！在命令行使用 --password 不安全：其他用户可以看到。请使用 --password-stdin。",
@@ -4014,8 +4020,10 @@ def settings_from_args(args: argparse.Namespace, references: Sequence[Reference]
         raise UsageError(Text("Invalid --threads {value}: expected 1 to {maximum}.", value=args.threads, maximum=MAX_THREADS))
     if args.retry < 0:
         raise UsageError(Text("Invalid --retry {value}: expected 0 or more.", value=args.retry))
-    if args.retry_delay < 0 or args.timeout <= 0:
-        raise UsageError(Text("Invalid --retry-delay or --timeout: expected a positive number of seconds."))
+    if args.retry_delay < 0:
+        raise UsageError(Text("Invalid --retry-delay {value}: expected 0 or more seconds.", value=args.retry_delay))
+    if args.timeout <= 0:
+        raise UsageError(Text("Invalid --timeout {value}: expected a positive number of seconds.", value=args.timeout))
     if args.output == STDOUT_ARCHIVE and args.json:
         raise UsageError(Text("--json and -o - both write to standard output; use one of them."))
     if not args.output:

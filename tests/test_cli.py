@@ -53,6 +53,13 @@ def test_usage_errors_exit_2_and_write_nothing(tmp_path, arguments):
     assert not work.exists()
 
 
+@pytest.mark.parametrize("option, value", [("--retry-delay", "-1"), ("--timeout", "0")])
+def test_invalid_seconds_message_names_option(tmp_path, option, value):
+    result = run_puller(["127.0.0.1:1/team/app:v1", option, value, "-d", str(tmp_path / "work")], timeout=60)
+    assert result.returncode == 2
+    assert "Invalid %s %s" % (option, value) in result.stderr
+
+
 def test_invalid_reference_message_names_it(tmp_path):
     result = run_puller(["Team/App:v1", "-d", str(tmp_path / "work")])
     assert "'Team/App:v1'" in result.stderr

@@ -1,6 +1,9 @@
 """Table tests for the parsers that do no I/O: references, challenges, platforms, ranges."""
 
+import errno
+
 import pytest
+import requests
 
 import docker_image_puller as dip
 
@@ -276,3 +279,14 @@ def test_digest_validation(digest, valid):
 )
 def test_loopback_detection(host, loopback):
     assert dip.is_loopback(host) is loopback
+
+
+def test_read_timeout_described_without_double_stop():
+    error = requests.exceptions.ReadTimeout("HTTPConnectionPool(host='127.0.0.1', port=1): Read timed out. (read timeout=3.0)")
+    assert dip.short_error(error) == "Read timed out (read timeout=3.0)"
+
+
+def test_broken_pipe_advice_names_the_reader():
+    error = dip.local_error(dip.Text("Writing the archive"), "<stdout>", BrokenPipeError(errno.EPIPE, "Broken pipe"))
+    assert "reading the output" in error.hint.render()
+    assert "disk space" not in error.hint.render()
