@@ -149,17 +149,33 @@ def test_damaged_segments_file_starts_over(registry, tmp_path, capsys):
     assert_complete_archive(tmp_path, image)
 
 
+def most_at_once(intervals) -> int:
+    """Return the largest number of (start, end) intervals that overlap at one moment."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    current = most = 0
+    for _, change in events:
+        current += change
+        most = max(most, current)
+    return most
+
+
 def test_connections_stay_within_threads(registry, tmp_path):
-    registry.add_image("team/app", "v1", [big_layer(24 * MIB), big_layer(24 * MIB, 2)], media="oci", compress=False)
+    image = registry.add_image("team/app", "v1", [big_layer(24 * MIB), big_layer(24 * MIB, 2)], media="oci", compress=False)
     host, port = registry.host.split(":")
     relay = ThrottlingRelay((host, int(port)), rate=20e6)
     try:
         result = run_puller(["%s/team/app:v1" % relay.host, "-d", str(tmp_path), "-t", "3", "-q"])
-        assert result.returncode == 0, result.stderr
-        # Three download connections, plus the main thread's for the ping, manifest and config.
-        assert 3 <= relay.max_active_connections <= 4
     finally:
         relay.close()
+    assert result.returncode == 0, result.stderr
+    gets = [get for layer in image["layer_digests"] for get in blob_gets(registry, layer)]
+    assert all(get.finished is not None for get in gets)
+    # At most three layer requests are in flight at once, the -t budget.
+    assert most_at_once([(get.received, get.finished) for get in gets]) <= 3
+    # Connections: the three for the layers and the main thread's, which stays open after
+    # the ping, manifest and config. The relay may still count a connection that has just
+    # ended while the next one opens, hence one more.
+    assert 3 <= relay.max_active_connections <= 5
 
 
 def test_limit_rate_caps_total(registry, tmp_path, capsys):
