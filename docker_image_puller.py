@@ -2550,7 +2550,8 @@ class SegmentedDownload:
         The helper releases the connection when it ends.
         """
         with self.condition:
-            if not self.accepting_helpers or not self.pending or self.failure is not None:
+            # After a cancel, a new helper would end at once and pass the connection on again.
+            if not self.accepting_helpers or not self.pending or self.failure is not None or self.client.cancel.is_set():
                 return False
             self._start_helper()
             return True
