@@ -2353,19 +2353,16 @@ class RangePrefetch:
 def prefetch_first_ranges(downloader: "BlobDownloader", layers: Sequence[Descriptor], threads: int) -> RangePrefetch:
     """Send the requests for the first ranges that download_blobs() will fetch.
 
-    Only blobs with nothing on disk yet are planned here, so that their ranges are the
-    ones SegmentedDownload plans. At most threads - 1 requests are sent, so that the
-    first blob's download still finds a connection in the budget.
+    The ranges come from downloader.range_counts, the plan that SegmentedDownload
+    follows. Only blobs with nothing on disk yet are requested here, because a .part file
+    changes the plan. At most threads - 1 requests are sent, so that the first blob's
+    download still finds a connection in the budget.
     """
     prefetch = RangePrefetch(downloader.client, downloader.budget)
     if downloader.client.ranges_ignored:
         return prefetch
-    store = downloader.store
-    fresh = [
-        layer for layer in {layer.digest: layer for layer in layers}.values()
-        if not os.path.exists(store.blob_path(layer.digest)) and not os.path.exists(store.part_path(layer.digest))
-    ]
-    counts = share_ranges(fresh, threads)
+    counts = downloader.range_counts
+    fresh = [layer for layer in missing_blobs(downloader.store, layers) if not os.path.exists(downloader.store.part_path(layer.digest))]
     planned = [
         (layer.digest, segment)
         for layer in fresh if counts.get(layer.digest, 1) > 1
@@ -2540,8 +2537,8 @@ class SegmentedDownload:
             self.idle.notify_all()
 
     def has_pending(self) -> bool:
-        # Read without the condition: callers hold another download's condition, and a
-        # stale answer only delays the hand-over of a connection.
+        # Read without the condition, because callers own another download's condition.
+        # A stale result only delays the hand-over of a connection.
         return bool(self.pending) and self.failure is None
 
     def take_connection(self) -> bool:
@@ -2557,7 +2554,7 @@ class SegmentedDownload:
             return True
 
     def _start_helper(self) -> None:
-        """Start a helper thread; the caller holds the condition and a connection for it."""
+        """Start a helper thread, for which the caller has acquired the condition and a connection."""
         helper = threading.Thread(target=self._help, name="blob-range", daemon=True)
         self.helpers.append(helper)
         helper.start()
@@ -2707,6 +2704,12 @@ def share_ranges(descriptors: Sequence[Descriptor], threads: int) -> Dict[str, i
     }
 
 
+def missing_blobs(store: BlobStore, descriptors: Sequence[Descriptor]) -> List[Descriptor]:
+    """Return each distinct blob that the store does not have finished."""
+    unique = {descriptor.digest: descriptor for descriptor in descriptors}
+    return [descriptor for descriptor in unique.values() if not os.path.exists(store.blob_path(descriptor.digest))]
+
+
 def download_blobs(downloader: BlobDownloader, descriptors: Sequence[Descriptor], threads: int) -> Dict[str, str]:
     """Fetch each distinct blob once, ``threads`` at a time; return digest -> path.
 
@@ -2716,8 +2719,6 @@ def download_blobs(downloader: BlobDownloader, descriptors: Sequence[Descriptor]
     unique: Dict[str, Descriptor] = {}
     for descriptor in descriptors:
         unique.setdefault(descriptor.digest, descriptor)
-    missing = [descriptor for descriptor in unique.values() if not os.path.exists(downloader.store.blob_path(descriptor.digest))]
-    downloader.range_counts = share_ranges(missing, threads)
     cancel = downloader.client.cancel
     paths: Dict[str, str] = {}
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="blob")
@@ -2998,19 +2999,25 @@ class ArchiveSink:
             if sync:
                 self.unsynced, synced_at = 0, time.monotonic()
             with self._lock:
-                files = [(self.handle, lambda: 0)] + self.companions
-            for handle, written in files:
+                companions = list(self.companions)
+            # The archive gets write-back over its whole length, and an fsync only where
+            # write-back cannot be started. A .part file gets it over the bytes already copied.
+            files = [(self.handle, None, sync and not kick)] + [(handle, written(), sync) for handle, written in companions]
+            for handle, length, fsync in files:
                 if self.stopped.is_set():  # finish() waits for this loop, then fsyncs the archive itself
                     break
-                try:
-                    if kick and handle is self.handle:
-                        os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-                    elif kick and written() > 0:  # a length of 0 would mean the whole file
-                        os.posix_fadvise(handle.fileno(), 0, written(), os.POSIX_FADV_DONTNEED)
-                    if sync and (handle is not self.handle or not kick):
-                        os.fsync(handle.fileno())
-                except (OSError, ValueError):  # closed or failing: finish() reports real errors
-                    continue
+                self._flush_file(handle, length, kick, fsync)
+
+    @staticmethod
+    def _flush_file(handle: BinaryIO, length: Optional[int], kick: bool, fsync: bool) -> None:
+        """Start write-back of the first ``length`` bytes (None: all), then fsync when ``fsync`` is true."""
+        try:
+            if kick and length != 0:
+                os.posix_fadvise(handle.fileno(), 0, length or 0, os.POSIX_FADV_DONTNEED)  # 0: to the end
+            if fsync:
+                os.fsync(handle.fileno())
+        except (OSError, ValueError):  # closed or failing: finish() reports real errors
+            pass
 
     def _close_companions(self) -> None:
         with self._lock:
@@ -3472,6 +3479,7 @@ def fetch_from(reference: Reference, source: Reference, scheme: Optional[str], s
         with Progress(settings.show_progress, total, reference.familiar_name, log_lines=settings.log_progress) as progress:
             downloader = BlobDownloader(client, store, progress, ConnectionBudget(settings.threads))
             downloader.sink = sink
+            downloader.range_counts = share_ranges(missing_blobs(store, image.layers), settings.threads)
             downloader.prefetch = prefetch_first_ranges(downloader, image.layers, settings.threads)
             try:
                 config_path = downloader.fetch(image.config)

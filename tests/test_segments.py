@@ -149,29 +149,35 @@ def test_damaged_segments_file_starts_over(registry, tmp_path, capsys):
     assert_complete_archive(tmp_path, image)
 
 
-def most_at_once(intervals) -> int:
+def max_overlap(intervals) -> int:
     """Return the largest number of (start, end) intervals that overlap at one moment."""
     events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    current = most = 0
+    current = peak = 0
     for _, change in events:
         current += change
-        most = max(most, current)
-    return most
+        peak = max(peak, current)
+    return peak
+
+
+def pull_through_relay(registry, directory, rate: float, threads: int):
+    """Pull team/app:v1 through a relay that caps each connection at ``rate`` bytes/s; return the result and the relay."""
+    host, port = registry.host.split(":")
+    relay = ThrottlingRelay((host, int(port)), rate=rate)
+    try:
+        result = run_puller(["%s/team/app:v1" % relay.host, "-d", str(directory), "-t", str(threads), "-q"])
+    finally:
+        relay.close()
+    return result, relay
 
 
 def test_connections_stay_within_threads(registry, tmp_path):
     image = registry.add_image("team/app", "v1", [big_layer(24 * MIB), big_layer(24 * MIB, 2)], media="oci", compress=False)
-    host, port = registry.host.split(":")
-    relay = ThrottlingRelay((host, int(port)), rate=20e6)
-    try:
-        result = run_puller(["%s/team/app:v1" % relay.host, "-d", str(tmp_path), "-t", "3", "-q"])
-    finally:
-        relay.close()
+    result, relay = pull_through_relay(registry, tmp_path, 20e6, 3)
     assert result.returncode == 0, result.stderr
     gets = [get for layer in image["layer_digests"] for get in blob_gets(registry, layer)]
     assert all(get.finished is not None for get in gets)
     # At most three layer requests are in flight at once, the -t budget.
-    assert most_at_once([(get.received, get.finished) for get in gets]) <= 3
+    assert max_overlap([(get.received, get.finished) for get in gets]) <= 3
     # Connections: the three for the layers and the main thread's, which stays open after
     # the ping, manifest and config. The relay may still count a connection that has just
     # ended while the next one opens, hence one more.
@@ -459,12 +465,7 @@ def test_failed_early_range_requested_again(registry, tmp_path, capsys):
 def test_released_connection_goes_to_waiting_ranges(registry, tmp_path):
     image = registry.add_image("team/app", "v1", [big_layer(64 * MIB), big_layer(32 * MIB, 2)], media="oci", compress=False)
     small = image["layer_digests"][1]
-    host, port = registry.host.split(":")
-    relay = ThrottlingRelay((host, int(port)), rate=4e6)
-    try:
-        result = run_puller(["%s/team/app:v1" % relay.host, "-d", str(tmp_path), "-t", "4", "-q"])
-    finally:
-        relay.close()
+    result, _ = pull_through_relay(registry, tmp_path, 4e6, 4)
     assert result.returncode == 0, result.stderr
     # -t 4 shares 8 ranges: 5 for the 64 MiB layer and 3 for the 32 MiB one. The large
     # layer takes the connections first. Each connection it frees while the small layer
@@ -475,3 +476,20 @@ def test_released_connection_goes_to_waiting_ranges(registry, tmp_path):
     assert len(gets) >= 3
     assert gets[0].finished is not None
     assert gets[1].received < gets[0].finished, [(get.received, get.finished) for get in gets]
+
+
+def test_early_ranges_match_plan_on_rerun(registry, tmp_path, capsys):
+    image = registry.add_image("team/app", "v1", [big_layer(40 * MIB), big_layer(40 * MIB, 2)], media="oci", compress=False)
+    started, fresh = image["layer_digests"]
+    # The first layer has 3 MiB from an earlier run over one connection.
+    folder = tmp_path / "team_app_layers" / started.replace(":", "_")
+    folder.mkdir(parents=True)
+    (folder / "blob.part").write_bytes(image["layer_blobs"][0][:3 * MIB])
+    result = pull(capsys, tmp_path, "%s/team/app:v1" % registry.host, "-t", "4")
+    assert result.status == 0, result.stderr
+    # Both layers share the 8 ranges, 4 each. The ranges requested early for the fresh
+    # layer are the ones its download plans, so none is requested a second time.
+    gets = blob_gets(registry, fresh)
+    assert len(gets) == 4
+    assert sum(get.body_bytes for get in gets) == len(image["layer_blobs"][1])
+    assert_complete_archive(tmp_path, image)
